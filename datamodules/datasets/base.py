@@ -1,0 +1,161 @@
+"""Base segmentation dataset: a list of samples (image, label, name) in one official layout.
+
+Item contract (`__getitem__`): a dict with
+  image: float32 tensor (3, H, W), normalised by the transform;
+  mask:  int64 tensor (H, W) of trainIds in {0..18, 255} (only when `labelled`);
+  name:  str, the sample's stem (e.g. 'aachen_000000_000019' or '00001').
+The index may be an int, or a pair (index, seed) from the training samplers: the seed then drives
+the random transforms of that draw, so augmentation is reproducible whatever the worker count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from datamodules.io import DatasetError, read_label, read_rgb
+from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, map_ids
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Optional[Path]
+    label: Optional[Path]
+    name: str
+
+
+# transform(image HxWx3 uint8, mask HxW uint8 | None, rng | None) -> (image tensor, mask tensor|None)
+Transform = Callable[[np.ndarray, Optional[np.ndarray], Optional[np.random.Generator]], tuple]
+
+
+class SegmentationDataset(Dataset):
+    """Subclasses implement `discover()` (the layout) and set `id_lut` (raw id -> trainId table);
+    formats with several label kinds override `lut_for`/`valid_raw_ids`."""
+
+    dataset_name = "base"
+    id_lut: np.ndarray
+    #: Raw label values that are legitimate in this format (others are reported by `data check`).
+    raw_ids: Sequence[int] = ()
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None,
+                 labelled: bool = True, list_file: str | Path | None = None):
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.labelled = labelled
+        self.list_file = Path(list_file) if list_file else None
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: {self.dataset_name} root directory not found "
+                               f"(set data.source.root / data.target.root to the dataset folder)")
+        self.samples: list[Sample] = self.select(self.discover())
+        if not self.samples:
+            raise DatasetError(f"{self.root}: no {self.dataset_name} images found for split "
+                               f"'{split}' ({self.layout_hint()})")
+        if labelled:
+            missing = [s.name for s in self.samples if s.label is None]
+            if missing:
+                raise DatasetError(
+                    f"{self.root}: {len(missing)} image(s) of split '{split}' have no label file, "
+                    f"e.g. {missing[:3]} ({self.layout_hint()}); run `uda data check` for details")
+
+    # --- per-format hooks -------------------------------------------------------------------
+    def discover(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def layout_hint(self) -> str:
+        raise NotImplementedError
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        """Raw ids of a label file (HxW integer array)."""
+        return read_label(path)
+
+    def lut_for(self, path: Path) -> np.ndarray:
+        return self.id_lut
+
+    def valid_raw_ids(self, path: Path) -> Sequence[int]:
+        return self.raw_ids
+
+    def load_label(self, path: Path) -> np.ndarray:
+        """Label file -> HxW uint8 trainIds (255 = ignore), at the file's native size."""
+        return map_ids(self.read_raw_label(path), self.lut_for(path))
+
+    def inventory(self) -> tuple[list[Sample], list[str]]:
+        """Every sample found on disk, including labels without an image (image=None), plus
+        layout problems that `discover` cannot express. Used by `data check`."""
+        raise NotImplementedError
+
+    def expected_label_path(self, sample: Sample) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def for_inspection(cls, root: str | Path, split: str) -> "SegmentationDataset":
+        """An instance that only knows where to look (no validation): for `data check`."""
+        self = cls.__new__(cls)
+        self.root, self.split, self.transform, self.labelled = Path(root), split, None, True
+        self.list_file = None
+        return self
+
+    # --- common ----------------------------------------------------------------------------
+    def select(self, samples: list[Sample]) -> list[Sample]:
+        """Keep only the names in `list_file` (one name or file name per line) when given."""
+        if self.list_file is None:
+            return samples
+        if not self.list_file.is_file():
+            raise DatasetError(f"{self.list_file}: split list file not found")
+        wanted = [Path(line.strip()).stem for line in self.list_file.read_text().splitlines()
+                  if line.strip()]
+        by_name = {s.name: s for s in samples}
+        unknown = [w for w in wanted if w not in by_name]
+        if unknown:
+            raise DatasetError(f"{self.list_file}: {len(unknown)} listed name(s) have no image "
+                               f"under {self.root}, e.g. {unknown[:3]}")
+        return [by_name[w] for w in wanted]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Image (HxWx3 uint8) and trainId mask at the image's size (nearest resize if the label
+        file's size differs, as some GTA5 labels do), or None when unlabelled."""
+        s = self.samples[i]
+        image = read_rgb(s.image)
+        if not self.labelled or s.label is None:
+            return image, None
+        mask = self.load_label(s.label)
+        if mask.shape != image.shape[:2]:
+            mask = np.asarray(Image.fromarray(mask).resize(
+                (image.shape[1], image.shape[0]), Image.NEAREST))
+        return image, mask
+
+    def __getitem__(self, index):
+        i, seed = index if isinstance(index, tuple) else (index, None)
+        image, mask = self.load(i)
+        rng = np.random.default_rng(seed) if seed is not None else None
+        if self.transform is not None:
+            image_t, mask_t = self.transform(image, mask, rng)
+        else:
+            image_t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+            mask_t = torch.from_numpy(mask.astype(np.int64)) if mask is not None else None
+        item = {"image": image_t, "name": self.samples[i].name}
+        if mask_t is not None:
+            item["mask"] = mask_t
+        return item
+
+
+def check_mask_values(mask: np.ndarray) -> None:
+    """Assert the trainId contract; used by tests and debugging."""
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(NUM_CLASSES), IGNORE_INDEX])
+    if bad.size:
+        raise AssertionError(f"mask has values outside {{0..18, 255}}: {bad.tolist()}")
+
+
+def two_folder_inventory(samples: list[Sample], label_dir: Path) -> list[Sample]:
+    """`samples` plus label files of `label_dir` that have no image (as image=None samples)."""
+    have = {s.name for s in samples}
+    orphans = [Sample(None, p, p.stem) for p in sorted(label_dir.glob("*.png")) if p.stem not in have]
+    return samples + orphans

@@ -1,0 +1,5 @@
+import sys
+
+from uda.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The one place where config names become objects: datasets, datamodule, network, recipe,
+trainer. Everything it builds takes plain arguments (no config objects past this file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch import nn
+
+from datamodules.datamodule import UDADataModule
+from datamodules.datasets import DATASETS, SegmentationDataset
+from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
+from datamodules.transforms import transform_from_config
+from uda.config import Config
+from uda.models import SmallSegNet
+from uda.modules import SourceOnly
+from uda.modules.base import SegmentationModule
+
+
+def build_dataset(domain, split: str, transform, labelled: bool) -> SegmentationDataset:
+    cls = DATASETS[domain.dataset]
+    return cls(domain.root, split, transform=transform, labelled=labelled,
+               list_file=domain.list_file if split == domain.split else None)
+
+
+def build_datamodule(cfg: Config) -> UDADataModule:
+    d = cfg.data
+    target_train = build_dataset(d.target, d.target.split,
+                                 transform_from_config(d.target_transform, train=True),
+                                 labelled=False)  # adaptation methods never read target labels
+    if cfg.method.name == "oracle":  # supervised on labelled target train (toy benchmark only)
+        source_train = build_dataset(d.target, d.target.split,
+                                     transform_from_config(d.target_transform, train=True),
+                                     labelled=True)
+    else:
+        source_train = build_dataset(d.source, d.source.split,
+                                     transform_from_config(d.source_transform, train=True),
+                                     labelled=True)
+    target_val = build_dataset(d.target, d.target_val_split,
+                               transform_from_config(d.eval_transform, train=False), labelled=True)
+    return UDADataModule(source_train, target_train, target_val, batch_size=d.batch_size,
+                         val_batch_size=d.val_batch_size, num_workers=d.num_workers,
+                         pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
+                         seed=cfg.seed)
+
+
+def build_segmenter(cfg: Config) -> nn.Module:
+    m = cfg.model
+    if m.name == "small":
+        return SmallSegNet(num_classes=cfg.data.num_classes, width=m.width)
+    raise ValueError(f"model.name={m.name!r} is not available")
+
+
+def class_subsets(cfg: Config) -> dict:
+    if cfg.data.source.dataset == "synthia":
+        return {"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES}
+    return {}
+
+
+def build_module(cfg: Config) -> SegmentationModule:
+    o = cfg.method.optim
+    if cfg.method.name in ("source_only", "oracle"):
+        return SourceOnly(build_segmenter(cfg), CLASS_NAMES, max_steps=cfg.trainer.max_steps,
+                          optim=o.name, lr=o.lr, momentum=o.momentum,
+                          weight_decay=o.weight_decay, poly_power=o.poly_power,
+                          class_subsets=class_subsets(cfg))
+    raise ValueError(f"method.name={cfg.method.name!r} is not available")
+
+
+def build_logger(cfg: Config, run_dir: Path):
+    if cfg.logger.name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    return False
+
+
+def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
+                  optimizer_steps_per_iteration: int = 1) -> pl.Trainer:
+    t = cfg.trainer
+    # Lightning counts optimizer steps; our max_steps counts iterations.
+    val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
+    return pl.Trainer(
+        max_steps=t.max_steps * optimizer_steps_per_iteration, max_epochs=-1,
+        devices=t.devices, accelerator=t.accelerator, strategy=t.strategy,
+        num_nodes=t.num_nodes, precision=t.precision, deterministic=t.deterministic,
+        val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
+        enable_checkpointing=False, enable_model_summary=False, logger=build_logger(cfg, run_dir),
+        callbacks=callbacks, default_root_dir=str(run_dir), use_distributed_sampler=False)

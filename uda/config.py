@@ -1,0 +1,227 @@
+"""Structured configuration: dataclasses are the schema, YAML files and `key=value` only override.
+
+Loading order (later wins): dataclass defaults -> each YAML in the `defaults:` chain of the file
+(paths relative to that file) -> the file itself -> command-line dotlist overrides.
+Unknown keys and wrong types fail at load time with a `ConfigError` naming the key and the file.
+
+Keys that later parts rely on: `data.source.root`, `data.target.root`, `trainer.max_steps`
+(training *iterations*, one batch of source + target each, whatever the number of optimizers),
+`trainer.devices`, `trainer.accelerator`, `seed`, `run.dir`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the file (or 'command line')."""
+
+
+@dataclass
+class DomainConfig:
+    """One dataset split. `dataset` in {gta5, cityscapes, synthia}; `root` is the dataset root in
+    its official layout; `list_file` optionally restricts to the names listed (one per line)."""
+    dataset: str = "gta5"
+    root: str = MISSING
+    split: str = "train"
+    list_file: Optional[str] = None
+
+
+@dataclass
+class TransformConfig:
+    """Albumentations pipeline parameters. Sizes are [height, width].
+    resize: fixed resize first (None keeps the native size); scale_range: random rescale factors
+    [min, max] after resize (None = off); crop: random crop (padded with ignore where smaller);
+    hflip: probability; jitter: colour-jitter strength (brightness/contrast/saturation; hue is
+    jitter/4), 0 = off; jitter_p: its probability."""
+    resize: Optional[List[int]] = None
+    scale_range: Optional[List[float]] = None
+    crop: Optional[List[int]] = None
+    hflip: float = 0.0
+    jitter: float = 0.0
+    jitter_p: float = 0.5
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    """Source (labelled) and target (unlabelled train + labelled val) data. Batch sizes are per
+    process (per GPU) and per domain: a training step sees batch_size source + batch_size target
+    images on each rank."""
+    source: DomainConfig = field(default_factory=lambda: DomainConfig(dataset="gta5"))
+    target: DomainConfig = field(default_factory=lambda: DomainConfig(dataset="cityscapes"))
+    target_val_split: str = "val"
+    source_transform: TransformConfig = field(default_factory=TransformConfig)
+    target_transform: TransformConfig = field(default_factory=TransformConfig)
+    eval_transform: TransformConfig = field(default_factory=TransformConfig)
+    batch_size: int = 2
+    val_batch_size: int = 1
+    num_workers: int = 2
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    num_classes: int = 19
+
+
+@dataclass
+class ModelConfig:
+    """Segmentation network. name in {small}; later issues add deeplabv2_r101, drn_c26.
+    width: base channel width (small net); pretrained: local weights path or None."""
+    name: str = "small"
+    width: int = 32
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    """SGD with poly decay (lr * (1 - it/max_steps)^power), the UDA standard."""
+    name: str = "sgd"
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+
+
+@dataclass
+class MethodConfig:
+    """Training recipe. name in {source_only, oracle}; later issues add adversarial, dranet."""
+    name: str = "source_only"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Forwarded to the Lightning Trainer. max_steps counts training iterations (batches).
+    val_every: validate on target val every N iterations (0 = only at the end).
+    precision: 32-true | bf16-mixed | 16-mixed."""
+    max_steps: int = 1000
+    devices: Any = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    val_every: int = 500
+    log_every: int = 50
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes. dir defaults to runs/<experiment>/<timestamp>."""
+    experiment: str = "default"
+    dir: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    """name in {csv, none}; wandb arrives with the operations issue."""
+    name: str = "csv"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+        raise ConfigError(f"{source}: invalid key '{key}': {msg}") from None
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """The YAML file and its `defaults: [other.yaml, ...]` parents, parents first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'defaults' chain")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml errors
+        raise ConfigError(f"{path}: cannot parse YAML ({e})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    chain: list[tuple[Path, DictConfig]] = []
+    parents = node.pop("defaults", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    for parent in parents or []:
+        chain += _load_yaml_chain(path.parent / str(parent), seen + (path,))
+    chain.append((path, node))
+    return chain
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build the validated config (an OmegaConf-typed `Config`)."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        for file, node in _load_yaml_chain(Path(path)):
+            cfg = _merge(cfg, node, str(file))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"command line '{item}'")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        src = path or "the defaults"
+        raise ConfigError(f"{src}: required key(s) not set: {', '.join(missing)} "
+                          f"(set them in the YAML or as key=value)")
+    _validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+_CHOICES = {
+    "data.source.dataset": ("gta5", "cityscapes", "synthia"),
+    "data.target.dataset": ("gta5", "cityscapes", "synthia"),
+    "model.name": ("small",),
+    "method.name": ("source_only", "oracle"),
+    "method.optim.name": ("sgd", "adam"),
+    "logger.name": ("csv", "none"),
+}
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    if cfg.trainer.max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
+    for name in ("source_transform", "target_transform", "eval_transform"):
+        t = cfg.data[name]
+        for k in ("resize", "crop"):
+            if t[k] is not None and (len(t[k]) != 2 or min(t[k]) <= 0):
+                raise ConfigError(f"data.{name}.{k} must be [height, width] > 0, got {list(t[k])}")
+        if t.scale_range is not None and (len(t.scale_range) != 2
+                                          or not 0 < t.scale_range[0] <= t.scale_range[1]):
+            raise ConfigError(f"data.{name}.scale_range must be [min, max] with 0 < min <= max")
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    """Fill `run.dir` (runs/<experiment>/<timestamp>) when unset; returns it."""
+    if not cfg.run.dir:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.run.dir = str(Path("runs") / cfg.run.experiment / stamp)
+    return Path(cfg.run.dir)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,348 @@
+"""Exact Cityscapes evaluation of a folder of prediction PNGs, matching the official evaluator.
+
+`evaluate_pred_dir` reproduces `cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling`
+(per-class IoU on the 19 evaluated classes, and their mean) to floating-point precision, without
+its slowness:
+
+* Ground truth: `<gt_root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png`, mapped to
+  trainIds with `CITYSCAPES_ID_TO_TRAINID`. Pixels whose GT id is not evaluated are never counted.
+* Matching (as the official `getPrediction`): `pred_dir` is searched recursively; a prediction
+  belongs to a GT file when its file name starts with `<city>_<seq>_<frame>` and ends in `.png`.
+  Unlike the official script, which stops at the first problem and silently ignores unmatched
+  files, every missing, extra (no matching GT), ambiguous (several files for one GT) or mis-sized /
+  multi-channel prediction is collected and reported in ONE `DatasetError` listing all of them.
+* `fmt="labelIds"`: prediction values are Cityscapes label ids. Ids without a trainId (0 unlabeled,
+  4 static, 9 parking, ..., and anything >= 34, e.g. 255) are "non-evaluated" predictions.
+  `fmt="trainIds"`: values 0..18 are classes, 255 is a non-evaluated prediction, anything else is
+  an error (it usually means labelIds were passed as trainIds).
+
+Non-evaluated predictions, exactly as the official evaluator: the official confusion matrix is
+over all 34 label ids, and for an evaluated class c
+    TP = cm[c, c]
+    FN = (row sum of c over ALL predicted ids) - TP   -> includes GT-c pixels predicted as a
+                                                        non-evaluated id
+    FP = sum of column c over rows of evaluated GT classes other than c
+                                                     -> GT-ignored pixels never count
+    IoU_c = TP / (TP + FP + FN), NaN when the denominator is 0 (class absent from GT and never
+            predicted on an evaluated GT pixel).
+We accumulate a (20, 20) matrix `cm20[g, p]` over pixels with an evaluated GT class g in 0..18,
+where column 19 collects the non-evaluated predictions and row 19 stays zero. For c < 19 the
+generic `iou_per_class` on cm20 is then exactly the official formula (its row sum includes column
+19 = the extra false negatives; its column sum runs over evaluated GT rows only). Pixel accuracy
+(correct / evaluated GT pixels, non-evaluated predictions counted as wrong) and fwIoU come from
+the same matrix. The returned `confusion_matrix` is the 19x19 block `cm20[:19, :19]` (rows = GT);
+the dropped column is returned as `predicted_ignore` (per GT class, pixels predicted as a
+non-evaluated id), so `sum(row) + predicted_ignore[row]` is the GT pixel count of that class.
+
+Speed: each (GT, prediction) pair is decoded with PIL and reduced to a 65536-bin histogram of raw
+(gt id, pred id) pairs by one bincount over `gt << 8 | pred`; the id->trainId mapping is applied to
+the tiny histogram, not to the 2-megapixel images. Pairs run on a thread pool (PIL decoding and the
+numpy/torch kernels release the GIL).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.io import DatasetError
+from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from uda.metrics.confusion import frequency_weighted_iou, iou_per_class, mean_iou, pixel_accuracy
+
+GT_SUFFIX = "_gtFine_labelIds.png"
+FORMATS = ("labelIds", "trainIds")
+_LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
+_MAX_LISTED = 50  # files listed per problem kind in an error message
+
+
+# ----------------------------------------------------------------------------------------------
+# File discovery and matching
+# ----------------------------------------------------------------------------------------------
+
+def find_gt_files(gt_root: str | os.PathLike, split: str = "val") -> dict[str, Path]:
+    """`{"<city>_<seq>_<frame>": labelIds path}` for `gt_root/gtFine/<split>/*/*_gtFine_labelIds.png`."""
+    split_dir = Path(gt_root) / "gtFine" / split
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: ground-truth folder not found; gt_root must be the Cityscapes "
+                           f"root that contains gtFine/{split}/<city>/")
+    gts = {}
+    for path in sorted(split_dir.glob(f"*/*{GT_SUFFIX}")):
+        gts[path.name[:-len(GT_SUFFIX)]] = path
+    if not gts:
+        raise DatasetError(f"{split_dir}: no *{GT_SUFFIX} files in its city folders")
+    return gts
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_MAX_LISTED]
+    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown) + more
+
+
+def match_predictions(pred_dir: str | os.PathLike, gt_files: dict[str, Path]) -> dict[str, Path]:
+    """Match prediction PNGs (searched recursively) to GT keys, as the official `getPrediction`.
+
+    A file matches key `<city>_<seq>_<frame>` when its name starts with the key and ends in `.png`
+    (the official pattern `<key>*.png`). Raises one `DatasetError` listing every missing, ambiguous
+    and extra prediction.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"{pred_dir}: prediction folder not found")
+    key_lengths = sorted({len(k) for k in gt_files})
+    found: dict[str, list[Path]] = {}
+    extra: list[str] = []
+    for root, dirs, files in os.walk(pred_dir):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".png"):
+                continue
+            path = Path(root) / name
+            keys = [name[:n] for n in key_lengths if name[:n] in gt_files]
+            if not keys:
+                extra.append(str(path))
+            for key in keys:
+                found.setdefault(key, []).append(path)
+    missing = [str(gt) for key, gt in gt_files.items() if key not in found]
+    ambiguous = [f"{key}: " + ", ".join(str(p) for p in paths)
+                 for key, paths in found.items() if len(paths) > 1]
+    if missing or ambiguous or extra:
+        parts = [f"prediction folder {pred_dir} does not match the ground truth "
+                 f"({len(gt_files)} GT files); each GT file <city>_<seq>_<frame>{GT_SUFFIX} needs "
+                 "exactly one prediction named <city>_<seq>_<frame>*.png:"]
+        if missing:
+            parts.append(_listing("GT files without a prediction", missing))
+        if ambiguous:
+            parts.append(_listing("GT keys with several predictions", ambiguous))
+        if extra:
+            parts.append(_listing("predictions without a GT file", extra))
+        raise DatasetError("\n".join(parts))
+    return {key: found[key][0] for key in gt_files}
+
+
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
+    try:
+        with Image.open(path) as im:
+            return im.mode, im.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read PNG header ({e})") from None
+
+
+def check_pairs(pairs: list[tuple[Path, Path]]) -> None:
+    """Header-only check of every (gt, pred) pair; one error listing all mis-sized/multi-channel files."""
+    bad_size, bad_mode = [], []
+    for gt, pred in pairs:
+        gt_mode, gt_size = _header(gt)
+        mode, size = _header(pred)
+        if mode not in _LABEL_MODES:
+            bad_mode.append(f"{pred}: mode {mode!r}")
+        if size != gt_size:
+            bad_size.append(f"{pred}: {size[0]}x{size[1]} (W x H), GT {gt.name} is "
+                            f"{gt_size[0]}x{gt_size[1]}")
+    if bad_size or bad_mode:
+        parts = ["predictions must be single-channel label maps (PNG mode L, P or I;16) of the same "
+                 "size as their ground truth:"]
+        if bad_size:
+            parts.append(_listing("predictions whose size differs from the ground truth", bad_size))
+        if bad_mode:
+            parts.append(_listing("predictions that are not single-channel label maps (e.g. colour "
+                                  "visualisations)", bad_mode))
+        raise DatasetError("\n".join(parts))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-pair histogram and folding into the confusion matrix
+# ----------------------------------------------------------------------------------------------
+
+def _decode(path: Path) -> np.ndarray:
+    """HxW uint8 ids; values outside 0..255 (16-bit files) become 255 (never a valid class)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot decode label PNG ({e})") from None
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: expected a single-channel label map, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.where((arr < 0) | (arr > 255), 255, arr).astype(np.uint8)
+    return arr
+
+
+def pair_histogram(gt_path: Path, pred_path: Path) -> np.ndarray:
+    """(256, 256) int64 counts of (raw GT id, raw prediction id) over all pixels of one pair."""
+    gt = _decode(gt_path)
+    pred = _decode(pred_path)
+    if gt.shape != pred.shape:
+        raise DatasetError(f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} differs from ground "
+                           f"truth {gt_path} ({gt.shape[1]}x{gt.shape[0]})")
+    code = gt.astype(np.int32)        # one int32 temporary: code = gt << 8 | pred, in place
+    np.left_shift(code, 8, out=code)
+    np.bitwise_or(code, pred, out=code)
+    hist = torch.bincount(torch.from_numpy(code.reshape(-1)), minlength=65536)
+    return hist.numpy().reshape(256, 256)
+
+
+def _pred_lut(fmt: str) -> np.ndarray:
+    """256-entry map prediction value -> column 0..19 of cm20 (19 = non-evaluated prediction)."""
+    if fmt == "labelIds":
+        lut = CITYSCAPES_ID_TO_TRAINID.astype(np.int64)
+    elif fmt == "trainIds":
+        lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        lut[:NUM_CLASSES] = np.arange(NUM_CLASSES)
+    else:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    return np.where(lut < NUM_CLASSES, lut, NUM_CLASSES)
+
+
+def fold_histogram(hist: np.ndarray, fmt: str) -> np.ndarray:
+    """(256, 256) raw (gt id, pred id) counts -> (20, 20) int64 cm20 (see module docstring)."""
+    gt_lut = CITYSCAPES_ID_TO_TRAINID
+    rows = np.zeros((NUM_CLASSES + 1, 256), dtype=np.int64)
+    valid = gt_lut < NUM_CLASSES
+    rows[gt_lut[valid], np.flatnonzero(valid)] = 1       # GT ids without trainId: dropped
+    cols = np.zeros((256, NUM_CLASSES + 1), dtype=np.int64)
+    cols[np.arange(256), _pred_lut(fmt)] = 1
+    return rows @ hist.astype(np.int64) @ cols
+
+
+def _invalid_train_ids(hist: np.ndarray) -> list[int]:
+    used = np.flatnonzero(hist.sum(0))
+    return [int(v) for v in used if NUM_CLASSES <= v < IGNORE_INDEX]
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+def _pct(x: float) -> float | None:
+    return None if math.isnan(x) else 100.0 * x
+
+
+def _default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def evaluate_pred_dir(pred_dir: str | os.PathLike, gt_root: str | os.PathLike, split: str = "val",
+                      fmt: str = "labelIds", num_classes: int = NUM_CLASSES,
+                      num_workers: int | None = None) -> dict:
+    """Evaluate a folder of prediction PNGs against Cityscapes `gtFine/<split>` labelIds.
+
+    Returns a JSON-serialisable dict (percentages; None where the official evaluator gives NaN):
+      mIoU, per_class_iou {class name: IoU | None}, pixel_accuracy, fwIoU, num_images, num_pixels
+      (evaluated GT pixels), confusion_matrix (19x19 list, rows = GT trainId, cols = predicted
+      trainId), predicted_ignore (per GT class: pixels predicted as a non-evaluated id), format,
+      split. Raises `DatasetError` listing every unmatched / ambiguous / mis-sized prediction.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if num_classes != NUM_CLASSES:
+        raise ValueError(f"Cityscapes ground truth has {NUM_CLASSES} evaluated classes; "
+                         f"num_classes={num_classes} is not supported")
+    gt_files = find_gt_files(gt_root, split)
+    preds = match_predictions(pred_dir, gt_files)
+    pairs = [(gt_files[k], preds[k]) for k in gt_files]
+    check_pairs(pairs)
+
+    workers = num_workers or _default_workers()
+    hist = np.zeros((256, 256), dtype=np.int64)
+    invalid: list[str] = []
+
+    def consume(pair_hist: np.ndarray, pred_path: Path) -> None:
+        nonlocal hist
+        hist += pair_hist
+        if fmt == "trainIds":
+            bad = _invalid_train_ids(pair_hist)
+            if bad:
+                invalid.append(f"{pred_path}: values {bad}")
+
+    if workers == 1 or len(pairs) == 1:
+        for gt, pred in pairs:
+            consume(pair_histogram(gt, pred), pred)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            for (gt, pred), h in zip(pairs, ex.map(lambda p: pair_histogram(*p), pairs)):
+                consume(h, pred)
+    if invalid:
+        raise DatasetError(
+            f"fmt='trainIds' predictions must contain only 0..{NUM_CLASSES - 1} and "
+            f"{IGNORE_INDEX} (non-evaluated); were labelIds passed as trainIds?\n"
+            + _listing("predictions with other values", invalid))
+    return results_from_cm20(fold_histogram(hist, fmt), num_images=len(pairs), fmt=fmt, split=split)
+
+
+def results_from_cm20(cm20: np.ndarray, num_images: int, fmt: str = "labelIds",
+                      split: str = "val") -> dict:
+    """Scores from a (20, 20) matrix whose column 19 holds non-evaluated predictions (row 19 = 0)."""
+    cm20 = np.asarray(cm20, dtype=np.int64)
+    assert cm20.shape == (NUM_CLASSES + 1, NUM_CLASSES + 1) and not cm20[NUM_CLASSES].any()
+    cm_t = torch.from_numpy(cm20)
+    iou = iou_per_class(cm_t)[:NUM_CLASSES]
+    classes = list(range(NUM_CLASSES))
+    return {
+        "mIoU": _pct(mean_iou(cm_t, classes=classes)),
+        "per_class_iou": {name: _pct(float(v)) for name, v in zip(CLASS_NAMES, iou.tolist())},
+        "pixel_accuracy": _pct(pixel_accuracy(cm_t)),
+        "fwIoU": _pct(frequency_weighted_iou(cm_t)),
+        "num_images": int(num_images),
+        "num_pixels": int(cm20.sum()),
+        "confusion_matrix": cm20[:NUM_CLASSES, :NUM_CLASSES].tolist(),
+        "predicted_ignore": cm20[:NUM_CLASSES, NUM_CLASSES].tolist(),
+        "format": fmt,
+        "split": split,
+    }
+
+
+def results_table(results: dict) -> str:
+    """Per-class IoU table plus mIoU / pixel accuracy / fwIoU, for printing."""
+    def fmt(v):
+        return "   n/a" if v is None else f"{v:6.2f}"
+    width = max(len(n) for n in results["per_class_iou"])
+    lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
+    lines += [f"{name:<{width}}  {fmt(v)}" for name, v in results["per_class_iou"].items()]
+    lines.append("-" * (width + 9))
+    lines.append(f"{'mIoU':<{width}}  {fmt(results['mIoU'])}")
+    for key, label in (("pixel_accuracy", "pixel acc."), ("fwIoU", "fwIoU")):
+        if key in results:
+            lines.append(f"{label:<{width}}  {fmt(results[key])}")
+    if "num_images" in results:
+        lines.append(f"({results['num_images']} images)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate a folder of Cityscapes prediction PNGs "
+                                            "(same scores as the official cityscapesscripts evaluator).")
+    p.add_argument("pred_dir")
+    p.add_argument("gt_root", help="Cityscapes root containing gtFine/<split>/<city>/")
+    p.add_argument("--split", default="val")
+    p.add_argument("--fmt", choices=FORMATS, default="labelIds")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--json", help="also write the results dict to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        res = evaluate_pred_dir(a.pred_dir, a.gt_root, a.split, a.fmt, num_workers=a.workers)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(results_table(res))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Plain nn.Module components (no Lightning, no config objects)."""
+from uda.models.small import SmallSegNet
+
+__all__ = ["SmallSegNet"]

@@ -1,0 +1,69 @@
+"""Shared evaluation and optimisation plumbing for all training recipes.
+
+Validation protocol: predict at the inference size of the batch images, upsample logits
+bilinearly to the label's native resolution, argmax, accumulate one dataset-level confusion
+matrix (summed over ranks). `self.last_results` holds the latest results dict (see
+`uda.metrics.report`). Subclasses implement `training_step` and `configure_optimizers`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uda.metrics.report import results_dict
+from uda.metrics.stateful import ConfusionMatrixMetric
+
+
+def poly_lambda(max_steps: int, power: float):
+    """LR factor (1 - it / max_steps) ** power, floored at 0 past max_steps."""
+    return lambda it: max(0.0, 1.0 - it / max_steps) ** power
+
+
+def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.99), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}' (method.optim.name: sgd | adam)")
+
+
+class SegmentationModule(pl.LightningModule):
+    def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
+                 class_subsets: Mapping[str, Sequence[int]] | None = None):
+        super().__init__()
+        self.segmenter = segmenter
+        self.class_names = list(class_names)
+        self.class_subsets = dict(class_subsets or {})
+        self.val_metric = ConfusionMatrixMetric(len(self.class_names))
+        self.last_results: dict | None = None
+        self.last_results_step = -1  # global step at which last_results were computed
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(images)
+
+    @torch.no_grad()
+    def predict_labels(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B,3,h,w) -> (B,H,W) int64 trainIds at `size` (bilinear logits upsampling)."""
+        logits = self(images)
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        return logits.argmax(1)
+
+    def validation_step(self, batch, batch_idx):
+        pred = self.predict_labels(batch["image"], tuple(batch["mask"].shape[-2:]))
+        self.val_metric.update(pred, batch["mask"])
+
+    def on_validation_epoch_end(self):
+        cm = self.val_metric.compute()  # summed over ranks
+        num_images = int(self.val_metric.num_images)
+        self.val_metric.reset()
+        results = results_dict(cm, num_images, self.class_names, self.class_subsets)
+        self.last_results, self.last_results_step = results, self.global_step
+        miou = results["mIoU"] if results["mIoU"] is not None else 0.0
+        self.log("val/mIoU", miou, prog_bar=True, sync_dist=False, rank_zero_only=True)
+        for name, v in results["per_class_iou"].items():
+            if v is not None:
+                self.log(f"val_iou/{name}", v, sync_dist=False, rank_zero_only=True)
