@@ -3,7 +3,9 @@
 `SegTransform(image, mask, rng)` contract: image HxWx3 uint8 RGB, mask HxW uint8 trainIds or
 None, rng a numpy Generator (None = the pipeline's own state) -> (float32 tensor (3,h,w)
 normalised, int64 tensor (h,w) or None). Masks are always resized/rescaled with nearest
-neighbour and padded with 255 (ignore), so label values stay in {0..18, 255}.
+neighbour and padded with 255 (ignore), so label values stay in {0..18, 255}. Nearest is
+cv2's INTER_NEAREST_EXACT (pixel-centre aligned, like PIL): plain INTER_NEAREST is offset by
+half a pixel from the bilinear image resize and misaligns masks when downscaling.
 Every transform is constructed with `strict=True`: a misspelt or 1.x-style argument (`value=`,
 `mask_value=`) raises instead of being silently ignored.
 """
@@ -58,11 +60,11 @@ def build_transform(resize: Optional[Sequence[int]] = None,
     ops: list = []
     if resize is not None:
         ops.append(A.Resize(int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR,
-                            mask_interpolation=cv2.INTER_NEAREST))
+                            mask_interpolation=cv2.INTER_NEAREST_EXACT))
     if scale_range is not None:
         lo, hi = float(scale_range[0]), float(scale_range[1])
         ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                                 mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+                                 mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0))
     if crop is not None:
         h, w = int(crop[0]), int(crop[1])
         ops.append(A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT,

@@ -23,7 +23,7 @@ class AtomicCheckpoint(pl.Callback):
         self._kind = kind
         final = self.dirpath / f"{kind}.ckpt"
         tmp = self.dirpath / f".{kind}.ckpt.tmp"
-        trainer.save_checkpoint(tmp)  # all ranks call; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # all ranks call; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, final)
         trainer.strategy.barrier("uda-checkpoint")
