@@ -50,9 +50,9 @@ def test_stateful_metric_accumulates_and_reports():
     m = ConfusionMatrixMetric(3)
     m.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
     m.update(torch.tensor([[2, 2]]), torch.tensor([[2, 255]]))
-    cm = m.compute()
-    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and int(m.num_images) == 2
-    r = results_dict(cm, int(m.num_images), ["a", "b", "c"])
+    cm, n = m.compute()
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and n == 2
+    r = results_dict(cm, n, ["a", "b", "c"])
     assert r["mIoU"] == 100.0 and r["num_images"] == 2 and r["confusion_matrix"][2][2] == 1
     r = results_dict(torch.tensor([[1, 0], [0, 0]]), 1, ["a", "b"], {"mIoU1": [0]})
     assert r["per_class_iou"] == {"a": 100.0, "b": None} and r["mIoU1"] == 100.0

@@ -24,5 +24,7 @@ class ConfusionMatrixMetric(Metric):
         self.cm = self.cm + confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         self.num_images = self.num_images + pred.shape[0]
 
-    def compute(self) -> torch.Tensor:
-        return self.cm
+    def compute(self) -> tuple[torch.Tensor, int]:
+        """(summed confusion matrix, number of images) over all ranks. Read them from here:
+        after `compute` torchmetrics restores the rank-local states."""
+        return self.cm.clone(), int(self.num_images)

@@ -57,8 +57,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_metric.update(pred, batch["mask"])
 
     def on_validation_epoch_end(self):
-        cm = self.val_metric.compute()  # summed over ranks
-        num_images = int(self.val_metric.num_images)
+        cm, num_images = self.val_metric.compute()  # summed over ranks
         self.val_metric.reset()
         results = results_dict(cm, num_images, self.class_names, self.class_subsets)
         self.last_results, self.last_results_step = results, self.global_step
