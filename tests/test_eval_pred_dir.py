@@ -15,7 +15,8 @@ from PIL import Image
 
 from datamodules.io import DatasetError
 from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, TRAINID_TO_CITYSCAPES_ID
-from uda.evaluation import evaluate_pred_dir, results_table
+from uda.evaluation import evaluate_pred_dir
+from uda.metrics.report import format_table
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real_samples" / "cityscapes"
 GT_SUFFIX = "_gtFine_labelIds.png"
@@ -164,7 +165,7 @@ def test_relabelled_matches_official_all15(all15, official):
     assert ours_t["confusion_matrix"] == ours["confusion_matrix"]
     # result is JSON-serialisable and printable
     json.dumps(ours, allow_nan=False)
-    table = results_table(ours)
+    table = format_table(ours)
     assert "mIoU" in table and all(name in table for name in CLASS_NAMES)
     # single-threaded path gives the same numbers
     assert evaluate_pred_dir(tmp / "train", REAL, fmt="trainIds", num_workers=1) == ours_t
@@ -279,3 +280,16 @@ def test_torch_fallback_equals_cv2_path(tmp_path, monkeypatch):
     with_cv2 = evaluate_pred_dir(tmp_path / "pred", root)
     monkeypatch.setattr(pd, "cv2", None)
     assert evaluate_pred_dir(tmp_path / "pred", root) == with_cv2
+
+
+def test_cli_evaluate_dir_writes_same_json(all15, tmp_path, capsys):
+    from uda.cli import main
+    gts, tmp = all15
+    out = tmp_path / "r.json"
+    rc = main(["evaluate-dir", "--pred", str(tmp / "train"), "--gt-root", str(REAL),
+               "--split", "val", "--format", "trainIds", "--output", str(out)])
+    assert rc == 0 and "mIoU" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == json.loads(json.dumps(
+        evaluate_pred_dir(tmp / "train", REAL, fmt="trainIds")))
+    rc = main(["evaluate-dir", "--pred", str(tmp_path / "empty"), "--gt-root", str(REAL)])
+    assert rc == 2

@@ -82,7 +82,8 @@ def test_train_reports_config_errors_cleanly(toy_root, tmp_path, capsys):
     assert rc == 2 and "missing: gta5 root directory not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["data"], ["data", "make-toy"], ["data", "check"]])
+@pytest.mark.parametrize("argv", [[], ["train"], ["data"], ["data", "make-toy"], ["data", "check"],
+                                  ["evaluate-dir"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

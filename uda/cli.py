@@ -36,6 +36,19 @@ def _cmd_check(args) -> int:
     return 0 if not result["problems"] else 1
 
 
+def _cmd_evaluate_dir(args) -> int:
+    from uda.evaluation import evaluate_pred_dir
+    from uda.io import write_json_atomic
+    from uda.metrics.report import format_table
+    results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,
+                                num_workers=args.workers)
+    print(format_table(results))
+    if args.output:
+        write_json_atomic(args.output, results)
+        print(f"results written to {args.output}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uda", description="Unsupervised domain adaptation for "
                                 "semantic segmentation (GTA5/SYNTHIA -> Cityscapes).")
@@ -46,6 +59,20 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="YAML file, e.g. configs/toy/source_only.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate-dir", help="score a folder of prediction PNGs against "
+                       "Cityscapes ground truth", description="Evaluate prediction PNGs (matched "
+                       "to ground truth by the <city>_<seq>_<frame> prefix, like the official "
+                       "script) with the official Cityscapes semantics; missing, extra or "
+                       "mis-sized predictions are listed in one error.")
+    e.add_argument("--pred", required=True, help="folder of predictions (searched recursively)")
+    e.add_argument("--gt-root", required=True, help="Cityscapes root containing gtFine/<split>/")
+    e.add_argument("--split", default="val")
+    e.add_argument("--format", default="labelIds", choices=["labelIds", "trainIds"],
+                   help="pixel values of the predictions (default labelIds)")
+    e.add_argument("--output", help="write the results JSON here")
+    e.add_argument("--workers", type=int, default=None, help="decoding threads")
+    e.set_defaults(func=_cmd_evaluate_dir)
 
     d = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -42,11 +42,7 @@ GIL). Cost on top of decoding the two PNGs: ~15% (see scripts/bench_eval.py).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,7 +57,7 @@ except ImportError:  # pragma: no cover - opencv is a project dependency, torch 
 
 from datamodules.io import DatasetError
 from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from uda.metrics.confusion import frequency_weighted_iou, iou_per_class, mean_iou, pixel_accuracy
+from uda.metrics.report import results_dict
 
 GT_SUFFIX = "_gtFine_labelIds.png"
 FORMATS = ("labelIds", "trainIds")
@@ -235,10 +231,6 @@ def _invalid_train_ids(hist: np.ndarray) -> list[int]:
 # Public API
 # ----------------------------------------------------------------------------------------------
 
-def _pct(x: float) -> float | None:
-    return None if math.isnan(x) else 100.0 * x
-
-
 def _default_workers() -> int:
     try:
         n = len(os.sched_getaffinity(0))
@@ -299,61 +291,6 @@ def results_from_cm20(cm20: np.ndarray, num_images: int, fmt: str = "labelIds",
                       split: str = "val") -> dict:
     """Scores from a (20, 20) matrix whose column 19 holds non-evaluated predictions (row 19 = 0)."""
     cm20 = np.asarray(cm20, dtype=np.int64)
-    assert cm20.shape == (NUM_CLASSES + 1, NUM_CLASSES + 1) and not cm20[NUM_CLASSES].any()
-    cm_t = torch.from_numpy(cm20)
-    iou = iou_per_class(cm_t)[:NUM_CLASSES]
-    classes = list(range(NUM_CLASSES))
-    return {
-        "mIoU": _pct(mean_iou(cm_t, classes=classes)),
-        "per_class_iou": {name: _pct(float(v)) for name, v in zip(CLASS_NAMES, iou.tolist())},
-        "pixel_accuracy": _pct(pixel_accuracy(cm_t)),
-        "fwIoU": _pct(frequency_weighted_iou(cm_t)),
-        "num_images": int(num_images),
-        "num_pixels": int(cm20.sum()),
-        "confusion_matrix": cm20[:NUM_CLASSES, :NUM_CLASSES].tolist(),
-        "predicted_ignore": cm20[:NUM_CLASSES, NUM_CLASSES].tolist(),
-        "format": fmt,
-        "split": split,
-    }
-
-
-def results_table(results: dict) -> str:
-    """Per-class IoU table plus mIoU / pixel accuracy / fwIoU, for printing."""
-    def fmt(v):
-        return "   n/a" if v is None else f"{v:6.2f}"
-    width = max(len(n) for n in results["per_class_iou"])
-    lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
-    lines += [f"{name:<{width}}  {fmt(v)}" for name, v in results["per_class_iou"].items()]
-    lines.append("-" * (width + 9))
-    lines.append(f"{'mIoU':<{width}}  {fmt(results['mIoU'])}")
-    for key, label in (("pixel_accuracy", "pixel acc."), ("fwIoU", "fwIoU")):
-        if key in results:
-            lines.append(f"{label:<{width}}  {fmt(results[key])}")
-    if "num_images" in results:
-        lines.append(f"({results['num_images']} images)")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate a folder of Cityscapes prediction PNGs "
-                                            "(same scores as the official cityscapesscripts evaluator).")
-    p.add_argument("pred_dir")
-    p.add_argument("gt_root", help="Cityscapes root containing gtFine/<split>/<city>/")
-    p.add_argument("--split", default="val")
-    p.add_argument("--fmt", choices=FORMATS, default="labelIds")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--json", help="also write the results dict to this JSON file")
-    a = p.parse_args(argv)
-    try:
-        res = evaluate_pred_dir(a.pred_dir, a.gt_root, a.split, a.fmt, num_workers=a.workers)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(results_table(res))
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    out = results_dict(torch.from_numpy(cm20), num_images, CLASS_NAMES)
+    out.update(num_pixels=int(cm20.sum()), format=fmt, split=split)
+    return out

@@ -20,16 +20,29 @@ def _pct(x: float):
 
 def results_dict(cm: torch.Tensor, num_images: int, class_names: Sequence[str],
                  class_subsets: Mapping[str, Sequence[int]] | None = None) -> dict:
-    cm = cm.detach().cpu().long()
-    iou = iou_per_class(cm)
+    """Scores from a (C, C) confusion matrix, or from a (C+1, C+1) one whose extra column counts
+    predictions of non-evaluated ids (its extra row must be zero): those pixels are false
+    negatives of their ground-truth class and false positives of none (official Cityscapes
+    semantics); the extra column is then returned as "predicted_ignore"."""
+    cm = torch.as_tensor(cm).detach().cpu().long()
+    c = len(class_names)
+    extended = cm.shape == (c + 1, c + 1)
+    if not extended and cm.shape != (c, c):
+        raise ValueError(f"confusion matrix shape {tuple(cm.shape)} does not fit {c} classes")
+    if extended and cm[c].any():
+        raise ValueError("the extra (non-evaluated) row of the confusion matrix must be zero")
+    classes = list(range(c))
+    iou = iou_per_class(cm)[:c]
     out = {
-        "mIoU": _pct(mean_iou(cm)),
+        "mIoU": _pct(mean_iou(cm, classes)),
         "per_class_iou": {n: _pct(float(v)) for n, v in zip(class_names, iou)},
         "pixel_accuracy": _pct(pixel_accuracy(cm)),
         "fwIoU": _pct(frequency_weighted_iou(cm)),
         "num_images": int(num_images),
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": cm[:c, :c].tolist(),
     }
+    if extended:
+        out["predicted_ignore"] = cm[:c, c].tolist()
     for key, classes in (class_subsets or {}).items():
         out[key] = _pct(mean_iou(cm, classes))
     return out
