@@ -6,7 +6,8 @@ Training batch contract (after default collation), per rank:
 (for the oracle, "source" holds labelled target-train images). Validation batch:
   {"image": (B,3,h,w) float32 at inference size, "mask": (B,H,W) int64 at label resolution,
    "name": [str]}
-The datasets are built by the caller (config-agnostic here). Under DDP the rank and world size
+The datasets are built by the caller (config-agnostic here); the train datasets may be None
+for evaluation-only use. Under DDP the rank and world size
 come from the Trainer; use the Trainer with `use_distributed_sampler=False`.
 """
 from __future__ import annotations

@@ -57,13 +57,21 @@ def class_subsets(cfg: Config) -> dict:
     return {}
 
 
+def eval_options(cfg: Config) -> dict:
+    """Keyword arguments of `uda.evaluation.inference.predict_labels`."""
+    e = cfg.eval
+    return {"mode": e.mode, "crop": None if e.crop is None else tuple(e.crop),
+            "stride": None if e.stride is None else tuple(e.stride), "flip": e.flip,
+            "scales": tuple(e.scales)}
+
+
 def build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
     if cfg.method.name in ("source_only", "oracle"):
         return SourceOnly(build_segmenter(cfg), CLASS_NAMES, max_steps=cfg.trainer.max_steps,
                           optim=o.name, lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay, poly_power=o.poly_power,
-                          class_subsets=class_subsets(cfg))
+                          class_subsets=class_subsets(cfg), eval_options=eval_options(cfg))
     raise ValueError(f"method.name={cfg.method.name!r} is not available")
 
 

@@ -36,6 +36,18 @@ def _cmd_check(args) -> int:
     return 0 if not result["problems"] else 1
 
 
+def _cmd_evaluate(args) -> int:
+    from uda.evaluate import evaluate
+    evaluate(args.checkpoint, args.config, args.overrides, args.output, args.export)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from uda.evaluate import predict
+    predict(args.checkpoint, args.input, args.output, args.format, args.config, args.overrides)
+    return 0
+
+
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
     from uda.io import write_json_atomic
@@ -59,6 +71,28 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="YAML file, e.g. configs/toy/source_only.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
     t.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
+                        description="Run the evaluation protocol (eval.* keys: whole/slide, "
+                        "flip, scales) of a checkpoint on target val; scores at label resolution.")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
+    ev.add_argument("overrides", nargs="*", help="key=value, e.g. data.target.root=/data/cs")
+    ev.add_argument("--output", help="write results JSON here")
+    ev.add_argument("--export", metavar="DIR", help="also write predictions: DIR/labelIds/"
+                    "*_labelIds.png (official-evaluator ready) and DIR/color/*_color.png")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="segment image files with a checkpoint",
+                        description="Predict each image at its own resolution.")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--input", required=True, help="image file, folder or glob")
+    pr.add_argument("--output", required=True, help="output folder")
+    pr.add_argument("--format", default="color",
+                    choices=["color", "overlay", "labelIds", "trainIds"])
+    pr.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
+    pr.add_argument("overrides", nargs="*", help="key=value overrides")
+    pr.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate-dir", help="score a folder of prediction PNGs against "
                        "Cityscapes ground truth", description="Evaluate prediction PNGs (matched "

@@ -114,6 +114,19 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation protocol (validation during training, `uda evaluate`): predict at the
+    eval_transform size, upsample logits bilinearly to the label's native resolution.
+    mode: whole | slide (crop/stride [h, w] windows); flip: add the mirrored pass;
+    scales: input rescale factors averaged (multi-scale)."""
+    mode: str = "whole"
+    crop: Optional[List[int]] = None
+    stride: Optional[List[int]] = None
+    flip: bool = False
+    scales: List[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
 class RunConfig:
     """Where a run writes. dir defaults to runs/<experiment>/<timestamp>."""
     experiment: str = "default"
@@ -134,6 +147,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -169,9 +183,13 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     return chain
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Build the validated config (an OmegaConf-typed `Config`)."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                base_text: str | None = None, base_name: str = "checkpoint config") -> Config:
+    """Build the validated config (an OmegaConf-typed `Config`). `base_text` (a resolved YAML,
+    e.g. the one stored in a checkpoint) is applied first, then the file, then the overrides."""
     cfg = OmegaConf.structured(Config)
+    if base_text:
+        cfg = _merge(cfg, OmegaConf.create(base_text), base_name)
     if path is not None:
         for file, node in _load_yaml_chain(Path(path)):
             cfg = _merge(cfg, node, str(file))
@@ -195,6 +213,7 @@ _CHOICES = {
     "method.name": ("source_only", "oracle"),
     "method.optim.name": ("sgd", "adam"),
     "logger.name": ("csv", "none"),
+    "eval.mode": ("whole", "slide"),
 }
 
 
@@ -205,6 +224,11 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
     if cfg.trainer.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
+    e = cfg.eval
+    if e.mode == "slide" and (e.crop is None or e.stride is None):
+        raise ConfigError("eval.mode=slide needs eval.crop and eval.stride ([height, width])")
+    if not e.scales or min(e.scales) <= 0:
+        raise ConfigError(f"eval.scales must be positive factors, got {list(e.scales)}")
     for name in ("source_transform", "target_transform", "eval_transform"):
         t = cfg.data[name]
         for k in ("resize", "crop"):

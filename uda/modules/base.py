@@ -1,19 +1,25 @@
 """Shared evaluation and optimisation plumbing for all training recipes.
 
-Validation protocol: predict at the inference size of the batch images, upsample logits
-bilinearly to the label's native resolution, argmax, accumulate one dataset-level confusion
-matrix (summed over ranks). `self.last_results` holds the latest results dict (see
-`uda.metrics.report`). Subclasses implement `training_step` and `configure_optimizers`.
+Validation protocol: predict at the inference size of the batch images (whole image or sliding
+window, optional flip and multi-scale averaging: `eval_options`, the keyword arguments of
+`uda.evaluation.inference.predict_labels`), upsample to the label's native resolution, argmax,
+accumulate one dataset-level confusion matrix (summed over ranks). `self.last_results` holds
+the latest results dict (see `uda.metrics.report`). With `export_dir` set, each prediction is
+also written there: `labelIds/<name>_labelIds.png` (official-evaluator ready) and
+`color/<name>_color.png`. Subclasses implement `training_step`
+and `configure_optimizers`.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from uda.evaluation.export import write_prediction
+from uda.evaluation.inference import predict_labels
 from uda.metrics.report import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 
@@ -33,10 +39,13 @@ def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay:
 
 class SegmentationModule(pl.LightningModule):
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
-                 class_subsets: Mapping[str, Sequence[int]] | None = None):
+                 class_subsets: Mapping[str, Sequence[int]] | None = None,
+                 eval_options: Mapping[str, Any] | None = None):
         super().__init__()
         self.segmenter = segmenter
         self.class_names = list(class_names)
+        self.eval_options = dict(eval_options or {})
+        self.export_dir: Path | None = None
         self.class_subsets = dict(class_subsets or {})
         self.val_metric = ConfusionMatrixMetric(len(self.class_names))
         self.last_results: dict | None = None
@@ -45,16 +54,18 @@ class SegmentationModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.segmenter(images)
 
-    @torch.no_grad()
     def predict_labels(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B,3,h,w) -> (B,H,W) int64 trainIds at `size` (bilinear logits upsampling)."""
-        logits = self(images)
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        return logits.argmax(1)
+        """(B,3,h,w) -> (B,H,W) int64 trainIds at `size`, with the configured protocol."""
+        return predict_labels(self.segmenter, images, size, num_classes=len(self.class_names),
+                              **self.eval_options)
 
     def validation_step(self, batch, batch_idx):
         pred = self.predict_labels(batch["image"], tuple(batch["mask"].shape[-2:]))
         self.val_metric.update(pred, batch["mask"])
+        if self.export_dir is not None:
+            for name, p in zip(batch["name"], pred.cpu().numpy().astype("uint8")):
+                write_prediction(p, self.export_dir / "labelIds", name, "labelIds")
+                write_prediction(p, self.export_dir / "color", name, "color")
 
     def on_validation_epoch_end(self):
         cm, num_images = self.val_metric.compute()  # summed over ranks

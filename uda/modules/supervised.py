@@ -2,7 +2,7 @@
 (the same recipe fed labelled target-train images as its "source"; toy benchmark only)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -15,8 +15,9 @@ class SourceOnly(SegmentationModule):
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int,
                  optim: str = "sgd", lr: float = 2.5e-4, momentum: float = 0.9,
                  weight_decay: float = 5e-4, poly_power: float = 0.9,
-                 class_subsets: Mapping[str, Sequence[int]] | None = None):
-        super().__init__(segmenter, class_names, class_subsets)
+                 class_subsets: Mapping[str, Sequence[int]] | None = None,
+                 eval_options: Mapping[str, Any] | None = None):
+        super().__init__(segmenter, class_names, class_subsets, eval_options)
         self.automatic_optimization = False
         self.max_steps = max_steps
         self.optim_args = dict(name=optim, lr=lr, momentum=momentum, weight_decay=weight_decay)

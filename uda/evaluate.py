@@ -1,0 +1,140 @@
+"""`uda evaluate` and `uda predict`: a trained checkpoint applied to target val or to files.
+
+The configuration comes from the checkpoint (`checkpoint["uda"]["config"]`, the run's resolved
+YAML), optionally overridden by `--config FILE` and `key=value`. Checkpoints are read with
+`torch.load(weights_only=True)`: no code from a checkpoint file is ever executed.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from datamodules.datamodule import UDADataModule
+from datamodules.io import DatasetError, read_rgb
+from datamodules.transforms import transform_from_config
+from uda import build
+from uda.config import Config, ConfigError, load_config
+from uda.evaluation.export import FORMATS, write_prediction
+from uda.evaluation.inference import predict_labels
+from uda.io import write_json_atomic
+from uda.metrics.report import format_table
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt files raise various errors
+        raise DatasetError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); "
+                           "it may be corrupt or truncated: use another (e.g. last.ckpt)") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DatasetError(f"{path}: not a uda/Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def config_for(ckpt: dict, ckpt_path, config_file=None, overrides=None) -> Config:
+    text = (ckpt.get("uda") or {}).get("config")
+    if not text and config_file is None:
+        raise ConfigError(f"{ckpt_path}: checkpoint holds no config; pass --config FILE")
+    return load_config(config_file, overrides, base_text=text, base_name=f"{ckpt_path} (config)")
+
+
+def load_module(ckpt: dict, cfg: Config, ckpt_path):
+    module = build.build_module(cfg)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        detail = " ".join(str(e).split())[:400]
+        raise ConfigError(f"{ckpt_path}: weights do not fit the configured model "
+                          f"({cfg.model.name}, method {cfg.method.name}): {detail}; check "
+                          "--config / model.* overrides") from None
+    return module.eval()
+
+
+class _Report(pl.Callback):
+    """Prints and writes the results from the rank-0 process itself (with fork/spawn launchers
+    the calling process never sees the workers' module state)."""
+
+    def __init__(self, header: str, extra: dict, output=None, export=None):
+        self.header, self.extra, self.output, self.export = header, extra, output, export
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        results = dict(pl_module.last_results, **self.extra)
+        print(format_table(results))
+        print(f"target mIoU ({self.header}): {results['mIoU']:.2f}", flush=True)
+        if self.output:
+            write_json_atomic(self.output, results)
+            print(f"results written to {self.output}")
+        if self.export:
+            print(f"predictions written to {self.export}/labelIds (official-evaluator ready) "
+                  f"and {self.export}/color")
+
+
+def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=None) -> dict:
+    ckpt = read_checkpoint(checkpoint)
+    cfg = config_for(ckpt, checkpoint, config_file, overrides)
+    module = load_module(ckpt, cfg, checkpoint)
+    if export:
+        module.export_dir = Path(export)
+    d = cfg.data
+    val = build.build_dataset(d.target, d.target_val_split,
+                              transform_from_config(d.eval_transform, train=False), labelled=True)
+    dm = UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
+                       num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
+    t = cfg.trainer
+    extra = {"checkpoint": str(checkpoint),
+             "step": (ckpt.get("uda") or {}).get("step", ckpt.get("global_step"))}
+    report = _Report(f"{checkpoint}, {d.target.dataset} {d.target_val_split}", extra, output,
+                     export)
+    trainer = pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+                         num_nodes=t.num_nodes, precision=t.precision, logger=False,
+                         enable_progress_bar=t.progress_bar, enable_model_summary=False,
+                         use_distributed_sampler=False, callbacks=[report])
+    trainer.validate(module, datamodule=dm, verbose=False)
+    return dict(module.last_results, **extra) if module.last_results else None
+
+
+def expand_inputs(pattern: str) -> list[Path]:
+    p = Path(pattern)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
+    if not files:
+        raise DatasetError(f"{pattern}: no input images (give a file, a folder or a glob)")
+    return files
+
+
+def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=None,
+            overrides=None) -> list[Path]:
+    """Predict each input image at its own resolution and write it in `fmt`."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    ckpt = read_checkpoint(checkpoint)
+    cfg = config_for(ckpt, checkpoint, config_file, overrides)
+    module = load_module(ckpt, cfg, checkpoint)
+    transform = transform_from_config(cfg.data.eval_transform, train=False)
+    options = build.eval_options(cfg)
+    written = []
+    files = expand_inputs(inputs)
+    for i, f in enumerate(files, 1):
+        image = read_rgb(f)
+        x, _ = transform(image, None)
+        with torch.no_grad():
+            pred = predict_labels(module.segmenter, x[None], image.shape[:2],
+                                  num_classes=cfg.data.num_classes, **options)[0]
+        name = f.name.rsplit(".", 1)[0].removesuffix("_leftImg8bit")
+        written.append(write_prediction(pred.numpy().astype(np.uint8), output, name, fmt,
+                                        image=image if fmt == "overlay" else None))
+        print(f"[{i}/{len(files)}] {f} -> {written[-1]}", flush=True)
+    return written
