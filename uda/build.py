@@ -12,8 +12,10 @@ from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
 from uda.config import Config
-from uda.models import SmallSegNet
+from uda.models import DRNC26, DeepLabV2, SmallSegNet
+from uda.models.weights import load_matching_weights
 from uda.modules import SourceOnly
+from uda.modules.adversarial import OutputSpaceAdversarial
 from uda.modules.base import SegmentationModule
 
 
@@ -46,9 +48,23 @@ def build_datamodule(cfg: Config) -> UDADataModule:
 
 def build_segmenter(cfg: Config) -> nn.Module:
     m = cfg.model
+    n = cfg.data.num_classes
     if m.name == "small":
-        return SmallSegNet(num_classes=cfg.data.num_classes, width=m.width)
-    raise ValueError(f"model.name={m.name!r} is not available")
+        net = SmallSegNet(num_classes=n, width=m.width)
+        if m.pretrained:
+            load_matching_weights(net, m.pretrained, candidates=lambda key: (key,))
+    elif m.name == "deeplabv2":
+        net = DeepLabV2(num_classes=n, backbone=m.backbone, multi_level=m.multi_level,
+                        pretrained=m.pretrained)
+    elif m.name == "drn_c26":
+        net = DRNC26(num_classes=n, pretrained=m.pretrained)
+    else:
+        raise ValueError(f"model.name={m.name!r} is not available")
+    if m.freeze_bn:
+        if not hasattr(net, "freeze_bn"):
+            raise ValueError(f"model.freeze_bn is not supported by model.name={m.name!r}")
+        net.freeze_bn()
+    return net
 
 
 def class_subsets(cfg: Config) -> dict:
@@ -67,11 +83,18 @@ def eval_options(cfg: Config) -> dict:
 
 def build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
+    common = dict(max_steps=cfg.trainer.max_steps, optim=o.name, lr=o.lr, momentum=o.momentum,
+                  weight_decay=o.weight_decay, poly_power=o.poly_power,
+                  class_subsets=class_subsets(cfg), eval_options=eval_options(cfg))
     if cfg.method.name in ("source_only", "oracle"):
-        return SourceOnly(build_segmenter(cfg), CLASS_NAMES, max_steps=cfg.trainer.max_steps,
-                          optim=o.name, lr=o.lr, momentum=o.momentum,
-                          weight_decay=o.weight_decay, poly_power=o.poly_power,
-                          class_subsets=class_subsets(cfg), eval_options=eval_options(cfg))
+        return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
+    if cfg.method.name == "adversarial":
+        a = cfg.method.adversarial
+        return OutputSpaceAdversarial(
+            build_segmenter(cfg), CLASS_NAMES, d_lr=a.d_lr, d_width=a.d_width,
+            d_input=a.d_input, gan_loss=a.gan_loss, lambda_adv=a.lambda_adv,
+            multi_level=a.multi_level, lambda_aux_seg=a.lambda_aux_seg,
+            lambda_aux_adv=a.lambda_aux_adv, **common)
     raise ValueError(f"method.name={cfg.method.name!r} is not available")
 
 

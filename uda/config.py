@@ -72,11 +72,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Segmentation network. name in {small}; later issues add deeplabv2_r101, drn_c26.
-    width: base channel width (small net); pretrained: local weights path or None."""
+    """Segmentation network. name in {small, deeplabv2 (ResNet-101 or -50: `backbone`),
+    drn_c26}. width: base channel width (small only); pretrained: local weights file (a
+    torchvision ResNet / DRN ImageNet state dict, or a segmenter checkpoint) or None = random
+    init; freeze_bn: keep the backbone's BatchNorm statistics fixed (batch 2 per GPU);
+    multi_level: DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level)."""
     name: str = "small"
     width: int = 32
+    backbone: str = "resnet101"
     pretrained: Optional[str] = None
+    freeze_bn: bool = False
+    multi_level: bool = False
 
 
 @dataclass
@@ -90,10 +96,27 @@ class OptimConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Output-space adversarial (AdaptSegNet/ADVENT). d_input: softmax | entropy (ADVENT's
+    self-information maps); gan_loss: vanilla | lsgan | hinge; multi_level adds a discriminator
+    on the segmenter's auxiliary (layer3) output (needs a network with an aux head)."""
+    d_lr: float = 1e-4
+    d_width: int = 64
+    d_input: str = "softmax"
+    gan_loss: str = "vanilla"
+    lambda_adv: float = 1e-3
+    multi_level: bool = False
+    lambda_aux_seg: float = 0.1
+    lambda_aux_adv: float = 2e-4
+
+
+@dataclass
 class MethodConfig:
-    """Training recipe. name in {source_only, oracle}; later issues add adversarial, dranet."""
+    """Training recipe. name in {source_only, oracle, adversarial}; `adversarial` holds that
+    method's settings (ignored by the others)."""
     name: str = "source_only"
     optim: OptimConfig = field(default_factory=OptimConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
 @dataclass
@@ -209,8 +232,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 _CHOICES = {
     "data.source.dataset": ("gta5", "cityscapes", "synthia"),
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
-    "model.name": ("small",),
-    "method.name": ("source_only", "oracle"),
+    "model.name": ("small", "deeplabv2", "drn_c26"),
+    "model.backbone": ("resnet101", "resnet50"),
+    "method.name": ("source_only", "oracle", "adversarial"),
+    "method.adversarial.d_input": ("softmax", "entropy"),
+    "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.optim.name": ("sgd", "adam"),
     "logger.name": ("csv", "none"),
     "eval.mode": ("whole", "slide"),
@@ -224,6 +250,13 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
     if cfg.trainer.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
+    if cfg.method.name == "adversarial" and cfg.method.adversarial.multi_level \
+            and not (cfg.model.name == "deeplabv2" and cfg.model.multi_level):
+        raise ConfigError("method.adversarial.multi_level=true needs a network with an auxiliary "
+                          "head: model.name=deeplabv2 model.multi_level=true")
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise ConfigError(f"model.pretrained: weights file {cfg.model.pretrained} not found "
+                          "(give a local path; nothing is downloaded)")
     e = cfg.eval
     if e.mode == "slide" and (e.crop is None or e.stride is None):
         raise ConfigError("eval.mode=slide needs eval.crop and eval.stride ([height, width])")

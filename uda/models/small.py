@@ -33,6 +33,10 @@ class SmallSegNet(nn.Module):
         self.fuse1 = conv_bn_relu(2 * w + w, w)
         self.classifier = nn.Conv2d(w, num_classes, 1)
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """One group: no pretrained backbone, so no 10x head learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     def forward(self, x: torch.Tensor, return_features: bool = False):
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8

@@ -1,0 +1,81 @@
+"""GAN and translation losses against values computed by hand."""
+import math
+
+import pytest
+import torch
+
+from uda.losses.gan import discriminator_loss, generator_loss
+from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
+                                    reconstruction_loss, style_loss)
+
+REAL = torch.tensor([0.5, 2.0])
+FAKE = torch.tensor([-2.0, 0.0])
+
+
+def close(a, b):
+    assert abs(float(a) - b) < 1e-6, (float(a), b)
+
+
+def test_hinge():
+    # D: mean(relu(1 - [0.5, 2])) = mean([0.5, 0]) = 0.25
+    #    + mean(relu(1 + [-2, 0])) = mean([0, 1]) = 0.5
+    close(discriminator_loss(REAL, FAKE, "hinge"), 0.75)
+    close(generator_loss(FAKE, "hinge"), 1.0)  # -mean([-2, 0])
+
+
+def test_lsgan():
+    # D: mean([0.25, 1]) + mean([4, 0]) = 0.625 + 2 = 2.625; G: mean([9, 1]) = 5
+    close(discriminator_loss(REAL, FAKE, "lsgan"), 2.625)
+    close(generator_loss(FAKE, "lsgan"), 5.0)
+
+
+def test_vanilla():
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    d = (-(math.log(sig(0.5)) + math.log(sig(2.0))) / 2
+         - (math.log(1 - sig(-2.0)) + math.log(1 - sig(0.0))) / 2)
+    close(discriminator_loss(REAL, FAKE, "vanilla"), d)
+    close(generator_loss(FAKE, "vanilla"), -(math.log(sig(-2.0)) + math.log(sig(0.0))) / 2)
+
+
+def test_unknown_kind_and_shapes():
+    with pytest.raises(ValueError, match="wgan"):
+        discriminator_loss(REAL, FAKE, "wgan")
+    with pytest.raises(ValueError, match="hinge"):
+        generator_loss(FAKE, "wgan")
+    # patch maps of different shapes; gradients reach the logits
+    real = torch.randn(2, 1, 3, 5, requires_grad=True)
+    fake = torch.randn(2, 1, 4, 4, requires_grad=True)
+    (discriminator_loss(real, fake, "hinge") + generator_loss(fake, "lsgan")).backward()
+    assert real.grad is not None and fake.grad is not None
+
+
+def test_reconstruction_and_consistency():
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
+    close(reconstruction_loss(x, y, "l1"), 1.5)
+    close(reconstruction_loss(x, y, "l2"), 2.5)
+    close(consistency_loss(x, y), 1.5)
+    with pytest.raises(ValueError):
+        reconstruction_loss(x, y, "l3")
+
+
+def test_gram_matrix_by_hand():
+    # 2 channels on a 1x2 map: c0 = [1, 2], c1 = [3, 0]; C*H*W = 4
+    feat = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])
+    expected = torch.tensor([[[5.0, 3.0], [3.0, 9.0]]]) / 4
+    torch.testing.assert_close(gram_matrix(feat), expected)
+    # resolution independence: tiling the map leaves the Gram matrix unchanged
+    torch.testing.assert_close(gram_matrix(feat.repeat(1, 1, 3, 2)), expected)
+
+
+def test_content_and_style_loss():
+    a = torch.zeros(1, 1, 2, 2)
+    b = torch.tensor([[[[1.0, 0.0], [0.0, 3.0]]]])
+    close(content_loss(a, b), 2.5)
+    g = {"relu1_1": torch.eye(2)[None], "relu2_1": torch.ones(1, 3, 3)}
+    close(style_loss(g, {k: v.clone() for k, v in g.items()}), 0.0)
+    # one layer differs by 1 in one of 4 entries, the other by 2 in all of 9: 0.25 + 4
+    h = {"relu1_1": torch.tensor([[[2.0, 0.0], [0.0, 1.0]]]), "relu2_1": torch.ones(1, 3, 3) * 3}
+    close(style_loss(g, h), 4.25)
+    close(style_loss(list(g.values()), list(h.values())), 4.25)
+    with pytest.raises(ValueError):
+        style_loss(g, {"relu1_1": g["relu1_1"]})

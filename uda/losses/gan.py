@@ -1,0 +1,45 @@
+"""Adversarial losses as pure tensor functions of discriminator logits.
+
+kind: "hinge" (D: mean(relu(1 - real)) + mean(relu(1 + fake)); G: -mean(fake)),
+"lsgan" (D: mean((real - 1)^2) + mean(fake^2); G: mean((fake - 1)^2)),
+"vanilla" (binary cross-entropy with logits; G is the non-saturating -log sigmoid(fake)).
+The discriminator loss is the plain sum of its real and fake terms (no 1/2 factor; scale it with
+the loss weight). Logits of any shape (e.g. PatchGAN maps (B, 1, h, w)); real and fake may have
+different shapes. Computed in float32; returns a scalar.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("hinge", "lsgan", "vanilla")
+
+
+def _check(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown GAN loss kind {kind!r}; expected one of {list(KINDS)}")
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       kind: str) -> torch.Tensor:
+    """Loss of the discriminator: real_logits should read real, fake_logits fake. Detach the
+    fake images (or logits) in the caller so this step does not update the generator."""
+    _check(kind)
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    if kind == "lsgan":
+        return (real - 1.0).pow(2).mean() + fake.pow(2).mean()
+    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of the generator: its translated images (fake_logits) should read real."""
+    _check(kind)
+    fake = fake_logits.float()
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "lsgan":
+        return (fake - 1.0).pow(2).mean()
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

@@ -1,0 +1,69 @@
+"""Image-translation losses (DRANet) as pure tensor functions.
+
+Feature maps are (B, C, H, W); Gram matrices (B, C, C). Every loss returns a float32 scalar
+averaged over all elements (batch included), so weights do not depend on batch or image size.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+Grams = Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def reconstruction_loss(x: torch.Tensor, y: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean absolute ("l1") or squared ("l2") difference of two same-shape tensors."""
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
+    if kind == "l1":
+        return F.l1_loss(x.float(), y.float())
+    if kind == "l2":
+        return F.mse_loss(x.float(), y.float())
+    raise ValueError(f"unknown reconstruction kind {kind!r}; expected 'l1' or 'l2'")
+
+
+def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C), G[b, i, j] = sum_p f[b, i, p] f[b, j, p] / (C * H * W).
+
+    Dividing by H * W makes it a mean over pixels, so crops and full frames give comparable
+    values; the extra 1/C keeps the scale of style losses similar across layers of different
+    width. Computed in float32 (squares overflow half precision).
+    """
+    b, c, h, w = feat.shape
+    f = feat.float().reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+def content_loss(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two same-shape feature maps."""
+    if feat_a.shape != feat_b.shape:
+        raise ValueError(f"shape mismatch: {tuple(feat_a.shape)} vs {tuple(feat_b.shape)}")
+    return F.mse_loss(feat_a.float(), feat_b.float())
+
+
+def style_loss(grams_a: Grams, grams_b: Grams) -> torch.Tensor:
+    """Sum over layers of the mean squared difference between Gram matrices.
+
+    Both dicts with the same keys ({layer: (B, C, C)}) or both sequences of the same length;
+    grams_b may be CADT-mixed target Grams (one per source image).
+    """
+    if isinstance(grams_a, Mapping) != isinstance(grams_b, Mapping):
+        raise ValueError("grams_a and grams_b must both be dicts or both be sequences")
+    if isinstance(grams_a, Mapping):
+        if set(grams_a) != set(grams_b):
+            raise ValueError(f"layer mismatch: {sorted(grams_a)} vs {sorted(grams_b)}")
+        pairs = [(grams_a[k], grams_b[k]) for k in grams_a]
+    else:
+        if len(grams_a) != len(grams_b):
+            raise ValueError(f"layer count mismatch: {len(grams_a)} vs {len(grams_b)}")
+        pairs = list(zip(grams_a, grams_b))
+    if not pairs:
+        raise ValueError("style_loss needs at least one layer")
+    return sum(content_loss(a, b) for a, b in pairs)
+
+
+def consistency_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference (e.g. features of a translated image vs the original's)."""
+    return reconstruction_loss(a, b, kind="l1")

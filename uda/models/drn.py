@@ -1,0 +1,199 @@
+"""DRN-C-26: Dilated Residual Network, type C, 26 layers (Yu, Koltun, Funkhouser, "Dilated
+Residual Networks", CVPR 2017), as the segmentation network of DRANet: the backbone at output
+stride 8, a 1x1 classifier, bilinear upsampling to the input size.
+
+Layout (8 levels; every conv 3x3 unless noted, BatchNorm + ReLU after each conv):
+
+=====  ========  ======  ======  ========  =========================================
+level  channels  blocks  stride  dilation  block
+=====  ========  ======  ======  ========  =========================================
+stem   16        -       1       1         7x7 conv (no max-pooling)
+1      16        1       1       1         residual basic block
+2      32        1       2       1         residual basic block (1x1 projection)
+3      64        2       2       1         residual basic blocks
+4      128       2       2       1         residual basic blocks       -> stride 8
+5      256       2       1       2         residual basic blocks
+6      512       2       1       4         residual basic blocks
+7      512       1       1       2         two convs, no residual ("degridding")
+8      512       1       1       1         two convs, no residual ("degridding")
+=====  ========  ======  ======  ========  =========================================
+
+Module names follow the authors' release (``conv1``, ``bn1``, ``layer1`` .. ``layer8``; blocks
+with ``conv1/bn1/conv2/bn2/downsample``) under ``backbone.``, so their ImageNet file
+(``drn_c_26-ddedf421.pth``) loads as it is (``fc.*`` ignored).
+
+Contract (shared by every segmenter in `uda.models`):
+- ``forward(x)``: ``x`` (B,3,H,W) float, ImageNet-normalised RGB -> logits (B,num_classes,H,W)
+  float at input size (bilinear, align_corners=False), any H, W;
+- ``forward(x, return_features=True)`` -> ``(logits, {"enc": (B,512,ceil(H/8),ceil(W/8))})``;
+- ``param_groups(lr)``: backbone at ``lr``, classifier at ``10 * lr``; ``num_classes``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uda.models.weights import LoadReport, load_matching_weights
+
+# (out channels, blocks, stride, dilation, residual) per level 1..8
+DRN_C_26_LEVELS = (
+    (16, 1, 1, 1, True),
+    (32, 1, 2, 1, True),
+    (64, 2, 2, 1, True),
+    (128, 2, 2, 1, True),
+    (256, 2, 1, 2, True),
+    (512, 2, 1, 4, True),
+    (512, 1, 1, 2, False),
+    (512, 1, 1, 1, False),
+)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (the first with ``stride``), each followed by BatchNorm, ReLU at the end.
+    With ``residual=True`` the input (projected by a strided 1x1 conv + BN when the shape
+    changes) is added before the last ReLU. (B,cin,h,w) -> (B,cout,ceil(h/stride),ceil(w/stride)).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1,
+                 residual: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation,
+                               bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = None
+        if residual and (stride != 1 or cin != cout):
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class DRNC26Backbone(nn.Module):
+    """The DRN-C-26 feature extractor (no pooling, no classifier).
+    (B,3,H,W) -> (B,512,ceil(H/8),ceil(W/8))."""
+
+    out_channels = 512
+
+    def __init__(self, levels=DRN_C_26_LEVELS):
+        super().__init__()
+        c0 = levels[0][0]
+        self.conv1 = nn.Conv2d(3, c0, 7, 1, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(c0)
+        self.relu = nn.ReLU(inplace=True)
+        cin = c0
+        for i, (cout, blocks, stride, dilation, residual) in enumerate(levels, start=1):
+            layer = [BasicBlock(cin, cout, stride, dilation, residual)]
+            layer += [BasicBlock(cout, cout, 1, dilation, residual) for _ in range(blocks - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*layer))
+            cin = cout
+        self.num_levels = len(levels)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(1, self.num_levels + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return x
+
+
+# fyu/drn segment.py (DRNSeg) keeps the backbone as ``base`` = Sequential(conv1, bn1, relu,
+# layer1, ..., layer8) and the classifier as ``seg``.
+_DRNSEG_BASE = {0: "conv1", 1: "bn1"} | {3 + i: f"layer{i + 1}" for i in range(8)}
+
+
+def _drn_candidates(key: str) -> tuple[str, ...]:
+    m = re.match(r"base\.(\d+)\.(.*)", key)
+    if m and int(m.group(1)) in _DRNSEG_BASE:
+        return (f"backbone.{_DRNSEG_BASE[int(m.group(1))]}.{m.group(2)}",)
+    if key.startswith("seg."):
+        return ("classifier." + key[4:],)
+    return (key, "backbone." + key)
+
+
+class DRNC26(nn.Module):
+    """DRN-C-26 segmenter: `DRNC26Backbone` (output stride 8) + 1x1 conv classifier (512 ->
+    num_classes, weights ~ N(0, sqrt(2/num_classes)), bias 0, as the authors' segmentation code)
+    + bilinear upsampling to the input size.
+
+    Args:
+        num_classes: output channels (19 for Cityscapes).
+        pretrained: path of a local state dict: the authors' ImageNet DRN-C-26 file
+            (``fc.*`` ignored), a DRNSeg state dict (``base.N.*`` / ``seg.*``), or a state dict of
+            this class (possibly inside a Lightning checkpoint); see `load_pretrained`.
+    """
+
+    def __init__(self, num_classes: int = 19, pretrained: str | Path | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = DRNC26Backbone()
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=True)
+        nn.init.normal_(self.classifier.weight, 0.0, (2.0 / num_classes) ** 0.5)
+        nn.init.zeros_(self.classifier.bias)
+        self._bn_frozen = False
+        self.load_report: LoadReport | None = None
+        if pretrained is not None:
+            self.load_report = self.load_pretrained(pretrained)
+
+    def load_pretrained(self, path: str | Path) -> LoadReport:
+        """Load every matching tensor (name and shape) from a local file; ``fc.*`` and DRNSeg's
+        fixed ``up.*`` deconvolution are ignored, a classifier of another shape is skipped.
+        Returns a `LoadReport` (``.loaded`` tensors); raises FileNotFoundError / ValueError naming
+        the file when it is missing or nothing matches."""
+        def ignore(key: str) -> bool:
+            return key.startswith(("fc.", "backbone.fc.", "up."))
+
+        return load_matching_weights(self, path, _drn_candidates, ignore=ignore)
+
+    def freeze_bn(self) -> None:
+        """Backbone BatchNorms to eval mode with frozen affine parameters; persists across later
+        ``.train()`` calls."""
+        self._bn_frozen = True
+        for m in self.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._bn_frozen:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Trainable backbone parameters at ``lr``, the classifier at ``10 * lr`` (groups also carry
+        ``name`` and ``lr_mult``)."""
+        return [
+            {"name": "backbone", "lr": lr, "lr_mult": 1.0,
+             "params": [p for p in self.backbone.parameters() if p.requires_grad]},
+            {"name": "heads", "lr": 10 * lr, "lr_mult": 10.0,
+             "params": [p for p in self.classifier.parameters() if p.requires_grad]},
+        ]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        enc = self.backbone(x)
+        logits = F.interpolate(self.classifier(enc), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        if return_features:
+            return logits, {"enc": enc}
+        return logits

@@ -1,0 +1,242 @@
+"""DRANet-style image translator: encoder, separator, generator, patch discriminator, CADT.
+
+DRANet (Lee, Cho, Im, CVPR 2021) encodes an image to features F with a shared encoder, splits F
+into a content part and a style part with domain-specific weights, and decodes content + style
+back to an image; swapping styles translates between domains. Content-adaptive domain transfer
+(CADT) gives every source image its own target style, an attention-weighted mix over the target
+batch.
+
+Image convention for every network here: images in [-1, 1] (the generator ends with tanh).
+All modules are fully convolutional with no size-dependent parameters, so one set of weights
+trains on crops and translates full frames (any H, W divisible by 2**num_down).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+
+class BatchInstanceNorm2d(nn.Module):
+    """Batch-Instance Normalization (Nam & Kim, NeurIPS 2018).
+
+    y = weight * (rho * BN(x) + (1 - rho) * IN(x)) + bias, with one gate rho per channel in
+    [0, 1]: rho = 1 is BatchNorm, rho = 0 is InstanceNorm (both without their own affine; the
+    affine is shared and applied after mixing). BN keeps running statistics (used in eval mode);
+    IN always uses the statistics of each instance. rho starts at 1 (plain BN), as in the paper.
+
+    The paper clips rho to [0, 1] after each optimizer step. A module cannot hook the optimizer,
+    and clamping the parameter in place inside forward breaks autograd when the module runs
+    several times before one backward (DRANet decodes several content/style mixes per step), so
+    the forward clamps the *value* and lets the gradient pass straight through: rho never acts
+    outside [0, 1], and a gradient pointing back into the range moves it back.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
+        self.eps = eps
+        self.rho = nn.Parameter(torch.ones(num_features))
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def gate(self) -> torch.Tensor:
+        """rho clamped to [0, 1] in value, identity in gradient (straight-through)."""
+        return self.rho + (self.rho.clamp(0.0, 1.0) - self.rho).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rho = self.gate().view(1, -1, 1, 1)
+        x_in = F.instance_norm(x, eps=self.eps)
+        y = rho * self.bn(x) + (1.0 - rho) * x_in
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """"batch" | "instance" (affine, no running stats) | "bin" (BatchInstanceNorm2d) | "none"."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "bin":
+        return BatchInstanceNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'instance', 'bin' or 'none'")
+
+
+def conv_norm_relu(cin: int, cout: int, norm: str, stride: int = 1) -> nn.Sequential:
+    # A conv followed by a normalisation needs no bias (the norm's shift replaces it).
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none"),
+                         make_norm(norm, cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """x + conv-norm-relu-conv-norm(x); shape preserving."""
+
+    def __init__(self, channels: int, norm: str = "batch"):
+        super().__init__()
+        self.body = nn.Sequential(conv_norm_relu(channels, channels, norm),
+                                  nn.Conv2d(channels, channels, 3, 1, 1, bias=norm == "none"),
+                                  make_norm(norm, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    """Image (B, in_channels, H, W) in [-1, 1] -> features F (B, C_f, H/2^num_down, W/2^num_down).
+
+    C_f = width * 2**num_down (attribute `out_channels`). H and W must be divisible by
+    2**num_down (ValueError otherwise): the generator must return an image aligned pixel for
+    pixel with the input, which silent padding would break for the caller.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, num_down: int = 2,
+                 norm: str = "batch", num_res: int = 2):
+        super().__init__()
+        self.factor = 2 ** num_down
+        layers: list[nn.Module] = [conv_norm_relu(in_channels, width, norm)]
+        c = width
+        for _ in range(num_down):
+            layers.append(conv_norm_relu(c, 2 * c, norm, stride=2))
+            c *= 2
+        layers += [ResidualBlock(c, norm) for _ in range(num_res)]
+        self.net = nn.Sequential(*layers)
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"Encoder input {h}x{w} is not divisible by {self.factor} "
+                             f"(2**num_down); crop or pad the image first")
+        return self.net(x)
+
+
+class Separator(nn.Module):
+    """Split features into content and style with domain-specific gates.
+
+    forward(feat (B, C, h, w), domain: str) -> (content, style), both (B, C, h, w), with
+    content = sigmoid(w_domain) * S(feat) and style = feat - content, so content + style equals
+    feat (up to float rounding). S is conv-norm-relu-conv, shared by the domains.
+
+    The domain weights w_domain have shape (1, C, 1, 1): one gate per channel, no spatial dims.
+    The official DRANet weight is per pixel, (1, C, h, w), which ties the model to one input size;
+    here the translator trains on crops and translates full frames, so the weight must not depend
+    on resolution. The sigmoid bounds the content share to (0, 1) of S(feat) (it starts at 0.5).
+    An unknown domain raises KeyError naming the allowed ones.
+    """
+
+    def __init__(self, channels: int, domains: Sequence[str] = ("source", "target"),
+                 norm: str = "batch"):
+        super().__init__()
+        self.domains = tuple(domains)
+        if not self.domains or len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"domains must be distinct and non-empty, got {self.domains}")
+        self.body = nn.Sequential(conv_norm_relu(channels, channels, norm),
+                                  nn.Conv2d(channels, channels, 3, 1, 1))
+        self.weights = nn.ParameterDict(
+            {d: nn.Parameter(torch.zeros(1, channels, 1, 1)) for d in self.domains})
+
+    def forward(self, feat: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if domain not in self.domains:
+            raise KeyError(f"unknown domain {domain!r}; allowed: {list(self.domains)}")
+        content = torch.sigmoid(self.weights[domain]) * self.body(feat)
+        return content, feat - content
+
+
+class Generator(nn.Module):
+    """content + style (B, C, h, w) -> image (B, out_channels, h*2^num_up, w*2^num_up) in [-1, 1].
+
+    Residual blocks, then num_up stages of nearest upsampling + 3x3 conv (no transposed conv, so
+    no checkerboard artefacts), halving channels at each stage; a 3x3 conv and tanh. norm is
+    "batch" or "bin" (BatchInstanceNorm2d; IN removes per-image contrast, the mix lets the
+    network learn where that helps), or "instance" / "none". C must be divisible by 2**num_up.
+    """
+
+    def __init__(self, channels: int, out_channels: int = 3, num_up: int = 2,
+                 norm: str = "batch", num_res: int = 2):
+        super().__init__()
+        if channels % (2 ** num_up):
+            raise ValueError(f"channels={channels} is not divisible by 2**num_up={2 ** num_up}")
+        layers: list[nn.Module] = [ResidualBlock(channels, norm) for _ in range(num_res)]
+        c = channels
+        for _ in range(num_up):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       conv_norm_relu(c, c // 2, norm)]
+            c //= 2
+        layers += [nn.Conv2d(c, out_channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(feat)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: image (B, in_channels, H, W) -> real/fake logits (B, 1, h', w').
+
+    num_layers stride-2 4x4 convs (channels width, 2w, 4w, ... capped at 8w), one stride-1 4x4
+    conv, a stride-1 4x4 conv to one logit per patch; LeakyReLU(0.2). With spectral_norm every
+    conv is spectrally normalised and no normalisation layer is used (SN already controls the
+    Lipschitz constant; batch statistics would couple the real and fake batches); without it,
+    InstanceNorm follows the inner convs. h' = H/2^num_layers - 2 for H divisible by 2^num_layers.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, num_layers: int = 3,
+                 spectral_norm: bool = True):
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int) -> nn.Module:
+            c = nn.Conv2d(cin, cout, 4, stride, 1)
+            return _spectral_norm(c) if spectral_norm else c
+
+        def block(cin: int, cout: int, stride: int, first: bool) -> list[nn.Module]:
+            norm = [] if spectral_norm or first else [nn.InstanceNorm2d(cout, affine=True)]
+            return [conv(cin, cout, stride), *norm, nn.LeakyReLU(0.2, inplace=True)]
+
+        layers = block(in_channels, width, 2, first=True)
+        c = width
+        for i in range(1, num_layers):
+            nc = width * min(2 ** i, 8)
+            layers += block(c, nc, 2, first=False)
+            c = nc
+        nc = width * min(2 ** num_layers, 8)
+        layers += block(c, nc, 1, first=False)
+        layers.append(conv(nc, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def cadt_attention(content_src: torch.Tensor, content_tgt: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """Content-adaptive attention of each source image over the target batch.
+
+    content_src (B_s, C, h, w), content_tgt (B_t, C, h', w') (sizes may differ: features are
+    globally average-pooled first). Returns (B_s, B_t), rows summing to 1: softmax over targets
+    of cos(pool(src_i), pool(tgt_j)) / temperature, computed in float32. temperature -> 0: each
+    source takes its most similar target (one-hot rows); temperature -> inf: uniform rows, i.e.
+    the target-batch mean. Differentiable; detach the inputs to keep the attention out of the
+    gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if content_src.shape[1] != content_tgt.shape[1]:
+        raise ValueError(f"channel mismatch: {content_src.shape[1]} vs {content_tgt.shape[1]}")
+    s = F.normalize(content_src.float().mean(dim=(2, 3)), dim=1)
+    t = F.normalize(content_tgt.float().mean(dim=(2, 3)), dim=1)
+    return torch.softmax(s @ t.t() / temperature, dim=1)
+
+
+def cadt_mix(attn: torch.Tensor, tensors_tgt: torch.Tensor) -> torch.Tensor:
+    """Mix per-target tensors with attention rows: attn (B_s, B_t), tensors_tgt (B_t, ...) ->
+    (B_s, ...), out[i] = sum_j attn[i, j] * tensors_tgt[j]. Works for styles (B_t, C, h, w) and
+    Gram matrices (B_t, C, C) alike; the result has the dtype of tensors_tgt."""
+    if attn.dim() != 2 or attn.shape[1] != tensors_tgt.shape[0]:
+        raise ValueError(f"attention {tuple(attn.shape)} does not match target batch "
+                         f"{tensors_tgt.shape[0]}")
+    out = attn.to(tensors_tgt.dtype) @ tensors_tgt.reshape(tensors_tgt.shape[0], -1)
+    return out.reshape(attn.shape[0], *tensors_tgt.shape[1:])
