@@ -30,7 +30,8 @@ class AtomicCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         results = getattr(pl_module, "last_results", None) or {}
-        checkpoint["uda"] = {"kind": self._kind, "step": trainer.global_step,
+        step = getattr(pl_module, "iteration", trainer.global_step)  # iterations, not opt steps
+        checkpoint["uda"] = {"kind": self._kind, "step": step,
                              "val_mIoU": results.get("mIoU"), "config": self.config_yaml}
 
     def state_dict(self):

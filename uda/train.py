@@ -36,7 +36,7 @@ def train(cfg: Config) -> dict:
     trainer = build.build_trainer(cfg, run_dir, [ckpt],
                                   getattr(module, "optimizer_steps_per_iteration", 1))
     trainer.fit(module, datamodule=datamodule)
-    if module.last_results is None or module.last_results_step != trainer.global_step:
+    if module.last_results is None or module.last_results_step != module.iteration:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     results = dict(module.last_results, checkpoint="last", step=module.last_results_step,
                    iterations=cfg.trainer.max_steps)

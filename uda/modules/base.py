@@ -38,6 +38,9 @@ def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay:
 
 
 class SegmentationModule(pl.LightningModule):
+    #: optimizer.step() calls per training iteration (Lightning's global_step counts those)
+    optimizer_steps_per_iteration = 1
+
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
                  eval_options: Mapping[str, Any] | None = None):
@@ -49,7 +52,12 @@ class SegmentationModule(pl.LightningModule):
         self.class_subsets = dict(class_subsets or {})
         self.val_metric = ConfusionMatrixMetric(len(self.class_names))
         self.last_results: dict | None = None
-        self.last_results_step = -1  # global step at which last_results were computed
+        self.last_results_step = -1  # iteration at which last_results were computed
+
+    @property
+    def iteration(self) -> int:
+        """Training iterations (batches) done so far, whatever the number of optimizers."""
+        return self.global_step // self.optimizer_steps_per_iteration
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.segmenter(images)
@@ -71,7 +79,7 @@ class SegmentationModule(pl.LightningModule):
         cm, num_images = self.val_metric.compute()  # summed over ranks
         self.val_metric.reset()
         results = results_dict(cm, num_images, self.class_names, self.class_subsets)
-        self.last_results, self.last_results_step = results, self.global_step
+        self.last_results, self.last_results_step = results, self.iteration
         miou = results["mIoU"] if results["mIoU"] is not None else 0.0
         self.log("val/mIoU", miou, prog_bar=True, sync_dist=False, rank_zero_only=True)
         for name, v in results["per_class_iou"].items():

@@ -24,7 +24,7 @@ class SourceOnly(SegmentationModule):
         self.poly_power = poly_power
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.segmenter.parameters(), **self.optim_args)
+        opt = build_optimizer(self.segmenter.param_groups(self.optim_args["lr"]), **self.optim_args)
         return [opt], [LambdaLR(opt, poly_lambda(self.max_steps, self.poly_power))]
 
     def training_step(self, batch, batch_idx):
