@@ -15,7 +15,11 @@ from uda.config import Config
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import load_matching_weights
 from uda.modules import SourceOnly
+from uda.models.dranet import DRANetTranslator
+from uda.models.perceptual import PerceptualNet
+from uda.models.translation import PatchDiscriminator
 from uda.modules.adversarial import OutputSpaceAdversarial
+from uda.modules.dranet import DRANet
 from uda.modules.base import SegmentationModule
 
 
@@ -95,7 +99,28 @@ def build_module(cfg: Config) -> SegmentationModule:
             d_input=a.d_input, gan_loss=a.gan_loss, lambda_adv=a.lambda_adv,
             multi_level=a.multi_level, lambda_aux_seg=a.lambda_aux_seg,
             lambda_aux_adv=a.lambda_aux_adv, **common)
+    if cfg.method.name == "dranet":
+        return build_dranet(cfg, common)
     raise ValueError(f"method.name={cfg.method.name!r} is not available")
+
+
+def build_dranet(cfg: Config, common: dict) -> DRANet:
+    r = cfg.method.dranet
+    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm)
+    discriminators = {d: PatchDiscriminator(3, width=r.d_width, num_layers=r.d_layers)
+                      for d in ("source", "target")}
+    perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,
+                               style_layers=tuple(r.style_layers), weights=r.perceptual_weights)
+    weights = {"rec": r.w_rec, "adv": r.w_adv, "content": r.w_content, "style": r.w_style,
+               "consistency": r.w_consistency, "task_translator": r.w_task_translator,
+               "seg_translated": r.w_seg_translated, "seg_source": r.w_seg_source}
+    t = cfg.data.source_transform
+    return DRANet(build_segmenter(cfg), CLASS_NAMES, translator=translator,
+                  discriminators=discriminators, perceptual=perceptual, weights=weights,
+                  lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
+                  gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
+                  task_to_translator=r.task_to_translator, image_mean=tuple(t.mean),
+                  image_std=tuple(t.std), **common)
 
 
 def build_logger(cfg: Config, run_dir: Path):

@@ -111,12 +111,50 @@ class AdversarialConfig:
 
 
 @dataclass
+class DRANetConfig:
+    """DRANet (Lee et al. CVPR 2021). Translator: encoder/separator/generator of base `width`
+    with `num_down` stride-2 stages; gen_norm: batch | bin | instance. Discriminators: PatchGAN
+    (`d_width`, `d_layers`, spectral norm) per domain, loss `gan_loss` (hinge | lsgan | vanilla).
+    Perceptual: `perceptual` = lite (random conv features, CPU/toy; honest: not a pretrained
+    metric) | vgg19 (`perceptual_weights` = local torchvision vgg19 state dict). CADT attention
+    temperature `cadt_temperature`. Loss weights w_*; the task network trains on source
+    translated to the target style (w_seg_translated) and on raw source (w_seg_source).
+    task_to_translator: the translated-image task loss also trains E/S/G (w_task_translator).
+    Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
+    width: int = 32
+    num_down: int = 2
+    gen_norm: str = "batch"
+    d_width: int = 64
+    d_layers: int = 3
+    gan_loss: str = "lsgan"
+    perceptual: str = "lite"
+    perceptual_weights: Optional[str] = None
+    content_layer: str = "relu3_1"
+    style_layers: List[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
+    cadt_temperature: float = 0.1
+    lr_translator: float = 2e-4
+    lr_d: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    w_rec: float = 10.0
+    w_adv: float = 1.0
+    w_content: float = 1.0
+    w_style: float = 1.0
+    w_consistency: float = 1.0
+    w_seg_translated: float = 1.0
+    w_seg_source: float = 1.0
+    task_to_translator: bool = False
+    w_task_translator: float = 0.1
+
+
+@dataclass
 class MethodConfig:
-    """Training recipe. name in {source_only, oracle, adversarial}; `adversarial` holds that
-    method's settings (ignored by the others)."""
+    """Training recipe. name in {source_only, oracle, adversarial, dranet}; `optim` is the task
+    network's optimizer; `adversarial` and `dranet` hold those methods' settings (ignored by
+    the others)."""
     name: str = "source_only"
     optim: OptimConfig = field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    dranet: DRANetConfig = field(default_factory=DRANetConfig)
 
 
 @dataclass
@@ -234,7 +272,10 @@ _CHOICES = {
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
     "model.name": ("small", "deeplabv2", "drn_c26"),
     "model.backbone": ("resnet101", "resnet50"),
-    "method.name": ("source_only", "oracle", "adversarial"),
+    "method.name": ("source_only", "oracle", "adversarial", "dranet"),
+    "method.dranet.gen_norm": ("batch", "bin", "instance"),
+    "method.dranet.gan_loss": ("vanilla", "lsgan", "hinge"),
+    "method.dranet.perceptual": ("lite", "vgg19"),
     "method.adversarial.d_input": ("softmax", "entropy"),
     "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.optim.name": ("sgd", "adam"),

@@ -1,0 +1,49 @@
+"""DRANet translator: shared encoder E, separator S, generator G as one plain module.
+
+Images are in [-1, 1]. `encode(x, domain) -> (content, style)`; `decode(content, style) ->
+image`; `transfer(content_src, style_bank, attn)` decodes each source content with its
+CADT-mixed style (styles resized to the content's spatial size when the bank's frames had
+another size, so crops train and full frames translate). H and W must be divisible by
+2 ** num_down.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
+
+
+class DRANetTranslator(nn.Module):
+    def __init__(self, width: int = 32, num_down: int = 2, gen_norm: str = "batch",
+                 domains: Sequence[str] = ("source", "target")):
+        super().__init__()
+        self.encoder = Encoder(3, width=width, num_down=num_down)
+        channels = self.encoder.out_channels
+        self.separator = Separator(channels, domains)
+        self.generator = Generator(channels, 3, num_up=num_down, norm=gen_norm)
+
+    def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.separator(self.encoder(x), domain)
+
+    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.generator(content + style)
+
+    @staticmethod
+    def attention(content_src: torch.Tensor, content_bank: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+        """CADT attention (B_src, B_bank), rows sum to 1; contents are detached (the attention
+        chooses styles, it is not trained through)."""
+        return cadt_attention(content_src.detach(), content_bank.detach(), temperature)
+
+    def transfer(self, content_src: torch.Tensor, style_bank: torch.Tensor,
+                 attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(translated images, the mixed styles used)."""
+        if style_bank.shape[-2:] != content_src.shape[-2:]:
+            style_bank = F.interpolate(style_bank, size=content_src.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+        style = cadt_mix(attn, style_bank)
+        return self.decode(content_src, style), style

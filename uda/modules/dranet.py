@@ -1,0 +1,167 @@
+"""DRANet recipe (Lee, Cho, Im, CVPR 2021) as a Lightning module with three optimizers.
+
+One training iteration (source x_s with labels, unlabelled target x_t):
+  translate  E/S split both batches into content and style; x_st = G(c_s + CADT-mixed target
+             styles), x_ts = G(c_t + mixed source styles); reconstructions G(c + s).
+  D step     per-domain PatchGANs: real x_t vs x_st, real x_s vs x_ts (translations detached).
+  E/S/G step reconstruction + adversarial + perceptual content (vs the input) and Gram style
+             (vs CADT-mixed target Grams) + consistency (re-encoded content/style of x_st, x_ts).
+  task step  segmenter on x_st (the source labels still hold) and on raw x_s; by default the task
+             loss does not reach E/S/G (translations detached); `task_to_translator` adds it to
+             the E/S/G step instead.
+Perceptual features of real images are computed once per iteration, without gradients.
+Images from the datamodule are normalised with (mean, std); the translator works in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from uda.losses import segmentation_ce
+from uda.losses.gan import discriminator_loss, generator_loss
+from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
+                                    reconstruction_loss, style_loss)
+from uda.models.dranet import DRANetTranslator
+from uda.models.perceptual import PerceptualNet
+from uda.models.translation import PatchDiscriminator, cadt_mix
+from uda.modules.base import SegmentationModule, build_optimizer, poly_lambda
+
+DOMAINS = ("source", "target")
+
+
+class DRANet(SegmentationModule):
+    optimizer_steps_per_iteration = 3
+
+    def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int,
+                 translator: DRANetTranslator, discriminators: Mapping[str, nn.Module],
+                 perceptual: PerceptualNet, weights: Mapping[str, float],
+                 optim: str = "sgd", lr: float = 2.5e-4, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, poly_power: float = 0.9,
+                 lr_translator: float = 2e-4, lr_d: float = 2e-4,
+                 betas: Sequence[float] = (0.5, 0.999), gan_loss: str = "lsgan",
+                 cadt_temperature: float = 0.1, task_to_translator: bool = False,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225),
+                 class_subsets: Mapping[str, Sequence[int]] | None = None,
+                 eval_options: Mapping[str, Any] | None = None):
+        super().__init__(segmenter, class_names, class_subsets, eval_options)
+        self.automatic_optimization = False
+        self.translator = translator
+        self.discriminators = nn.ModuleDict(dict(discriminators))
+        self.perceptual = perceptual
+        self.w = {k: float(v) for k, v in weights.items()}
+        self.max_steps, self.poly_power = max_steps, poly_power
+        self.optim_args = dict(name=optim, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
+        self.gan_loss, self.temperature = gan_loss, cadt_temperature
+        self.task_to_translator = task_to_translator
+        self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+
+    # --- image spaces ---------------------------------------------------------------------
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Dataset-normalised image -> [-1, 1]."""
+        return (x * self.std + self.mean) * 2.0 - 1.0
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> dataset-normalised image (what the segmenter expects)."""
+        return ((u + 1.0) / 2.0 - self.mean) / self.std
+
+    # --- optimizers -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        d = torch.optim.Adam(self.discriminators.parameters(), lr=self.lr_d, betas=self.betas)
+        g = torch.optim.Adam(self.translator.parameters(), lr=self.lr_translator, betas=self.betas)
+        seg = build_optimizer(self.segmenter.param_groups(self.optim_args["lr"]), **self.optim_args)
+        poly = poly_lambda(self.max_steps, self.poly_power)
+        return [d, g, seg], [LambdaLR(d, poly), LambdaLR(g, poly), LambdaLR(seg, poly)]
+
+    # --- the steps ----------------------------------------------------------------------------
+    def translate(self, u_s: torch.Tensor, u_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All translator outputs of one iteration (with gradients)."""
+        tr = self.translator
+        c_s, s_s = tr.encode(u_s, "source")
+        c_t, s_t = tr.encode(u_t, "target")
+        attn_st = tr.attention(c_s, c_t, self.temperature)  # each source picks target styles
+        attn_ts = tr.attention(c_t, c_s, self.temperature)
+        x_st, style_st = tr.transfer(c_s, s_t, attn_st)
+        x_ts, style_ts = tr.transfer(c_t, s_s, attn_ts)
+        return dict(c_s=c_s, c_t=c_t, rec_s=tr.decode(c_s, s_s), rec_t=tr.decode(c_t, s_t),
+                    x_st=x_st, x_ts=x_ts, style_st=style_st, style_ts=style_ts,
+                    attn_st=attn_st, attn_ts=attn_ts)
+
+    def d_loss(self, u_s, u_t, out) -> torch.Tensor:
+        d = self.discriminators
+        return (discriminator_loss(d["target"](u_t), d["target"](out["x_st"].detach()), self.gan_loss)
+                + discriminator_loss(d["source"](u_s), d["source"](out["x_ts"].detach()), self.gan_loss))
+
+    def translator_losses(self, u_s, u_t, out, p_s, p_t, mask_s) -> dict[str, torch.Tensor]:
+        """E/S/G losses; p_s, p_t: perceptual features of the real images (no gradients)."""
+        d, pn, tr = self.discriminators, self.perceptual, self.translator
+        q_st, q_ts = pn(out["x_st"]), pn(out["x_ts"])
+        grams = lambda feats: {k: gram_matrix(feats[k]) for k in pn.style_layers}  # noqa: E731
+        g_t, g_s = grams(p_t), grams(p_s)
+        mixed_t = {k: cadt_mix(out["attn_st"], v) for k, v in g_t.items()}
+        mixed_s = {k: cadt_mix(out["attn_ts"], v) for k, v in g_s.items()}
+        c_st, s_st = tr.encode(out["x_st"], "target")
+        c_ts, s_ts = tr.encode(out["x_ts"], "source")
+        ck = pn.content_layer
+        losses = {
+            "rec": reconstruction_loss(out["rec_s"], u_s) + reconstruction_loss(out["rec_t"], u_t),
+            "adv": generator_loss(d["target"](out["x_st"]), self.gan_loss)
+                   + generator_loss(d["source"](out["x_ts"]), self.gan_loss),
+            "content": content_loss(q_st[ck], p_s[ck]) + content_loss(q_ts[ck], p_t[ck]),
+            "style": style_loss(grams(q_st), mixed_t) + style_loss(grams(q_ts), mixed_s),
+            "consistency": consistency_loss(c_st, out["c_s"]) + consistency_loss(s_st, out["style_st"])
+                           + consistency_loss(c_ts, out["c_t"]) + consistency_loss(s_ts, out["style_ts"]),
+        }
+        if self.task_to_translator:  # segmenter frozen here (toggled off): gradient reaches E/S/G
+            losses["task_translator"] = segmentation_ce(self.segmenter(self.from_unit(out["x_st"])), mask_s)
+        return losses
+
+    def weighted(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.w[k] * v for k, v in losses.items())
+
+    def task_losses(self, x_s, x_st, mask_s) -> dict[str, torch.Tensor]:
+        return {"seg_translated": segmentation_ce(self.segmenter(self.from_unit(x_st)), mask_s),
+                "seg_source": segmentation_ce(self.segmenter(x_s), mask_s)}
+
+    def training_step(self, batch, batch_idx):
+        opt_d, opt_g, opt_seg = self.optimizers()
+        x_s, mask_s, x_t = batch["source"]["image"], batch["source"]["mask"], batch["target"]["image"]
+        u_s, u_t = self.to_unit(x_s), self.to_unit(x_t)
+        with torch.no_grad():
+            p_s, p_t = self.perceptual(u_s), self.perceptual(u_t)  # once per iteration
+
+        self.toggle_optimizer(opt_g)  # translate with gradients for E/S/G only
+        out = self.translate(u_s, u_t)
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_d)
+        loss_d = self.d_loss(u_s, u_t, out)
+        opt_d.zero_grad()
+        self.manual_backward(loss_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        self.toggle_optimizer(opt_g)
+        g_losses = self.translator_losses(u_s, u_t, out, p_s, p_t, mask_s)
+        opt_g.zero_grad()
+        self.manual_backward(self.weighted(g_losses))
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_seg)
+        t_losses = self.task_losses(x_s, out["x_st"].detach(), mask_s)
+        opt_seg.zero_grad()
+        self.manual_backward(self.weighted(t_losses))
+        opt_seg.step()
+        self.untoggle_optimizer(opt_seg)
+
+        for sched in self.lr_schedulers():
+            sched.step()
+        self.log_dict({f"train/{k}": v.detach() for k, v in {**g_losses, **t_losses}.items()})
+        self.log("train/loss_d", loss_d.detach())
+        self.log("train/loss_seg", t_losses["seg_translated"].detach(), prog_bar=True)
