@@ -48,6 +48,14 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_translate(args) -> int:
+    from uda.translate import translate
+    n = translate(args.checkpoint, args.input, args.output, args.num_styles, args.config,
+                  args.overrides)
+    print(f"{n} source frames translated into the target style under {args.output}")
+    return 0
+
+
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
     from uda.io import write_json_atomic
@@ -93,6 +101,17 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
     pr.add_argument("overrides", nargs="*", help="key=value overrides")
     pr.set_defaults(func=_cmd_predict)
+
+    tr = sub.add_parser("translate", help="render a source dataset in the target style "
+                        "(DRANet checkpoint)", description="Write the source dataset translated "
+                        "into the target style, same layout, original labels copied.")
+    tr.add_argument("--checkpoint", required=True, help="a DRANet run's checkpoint")
+    tr.add_argument("--input", required=True, help="source dataset root (its official layout)")
+    tr.add_argument("--output", required=True, help="output root (same layout)")
+    tr.add_argument("--num-styles", type=int, default=16, help="target frames in the style bank")
+    tr.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides")
+    tr.set_defaults(func=_cmd_translate)
 
     e = sub.add_parser("evaluate-dir", help="score a folder of prediction PNGs against "
                        "Cityscapes ground truth", description="Evaluate prediction PNGs (matched "
