@@ -83,7 +83,8 @@ def test_train_reports_config_errors_cleanly(toy_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [[], ["train"], ["data"], ["data", "make-toy"], ["data", "check"],
-                                  ["evaluate-dir"], ["evaluate"], ["predict"], ["translate"]])
+                                  ["evaluate-dir"], ["evaluate"], ["predict"], ["translate"],
+                                  ["benchmark"], ["benchmark", "toy"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

@@ -38,3 +38,17 @@ def test_translate_needs_a_dranet_checkpoint(toy_root, tmp_path, capsys):
     assert main(["translate", "--checkpoint", str(ckpt), "--input", str(toy_root / "source"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "translate needs a DRANet checkpoint" in capsys.readouterr().err
+
+
+def test_benchmark_toy_table(toy_root, tmp_path, capsys):
+    import json
+    rc = main(["benchmark", "toy", "--seeds", "2", "--methods", "source_only,oracle",
+               "--data", str(toy_root), "--out", str(tmp_path), *SHRINK])
+    assert rc == 0
+    rows = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(rows) == {"source_only", "oracle"}
+    for r in rows.values():
+        assert len(r["mIoU"]) == 2 and r["mIoU_mean"] == pytest.approx(sum(r["mIoU"]) / 2)
+    seed1 = json.loads((tmp_path / "oracle" / "seed1" / "results.json").read_text())
+    assert seed1["mIoU"] == rows["oracle"]["mIoU"][1]
+    assert "| oracle |" in (tmp_path / "benchmark.md").read_text()

@@ -56,6 +56,13 @@ def _cmd_translate(args) -> int:
     return 0
 
 
+def _cmd_benchmark_toy(args) -> int:
+    from uda.benchmark import benchmark_toy
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides)
+    return 0
+
+
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
     from uda.io import write_json_atomic
@@ -126,6 +133,20 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="write the results JSON here")
     e.add_argument("--workers", type=int, default=None, help="decoding threads")
     e.set_defaults(func=_cmd_evaluate_dir)
+
+    b = sub.add_parser("benchmark", help="method comparison benchmarks",
+                       description="Method comparison benchmarks.")
+    bsub = b.add_subparsers(dest="benchmark_command", required=True)
+    bt = bsub.add_parser("toy", help="every method on the toy benchmark over seeds",
+                         description="Train each method (configs/toy/<method>.yaml) for each "
+                         "seed; print target mIoU mean +- std and wall time; write "
+                         "OUT/benchmark.json and OUT/benchmark.md.")
+    bt.add_argument("--seeds", type=int, default=3)
+    bt.add_argument("--methods", default="source_only,adversarial,dranet,oracle")
+    bt.add_argument("--data", default="data/toy", help="toy data (generated when absent)")
+    bt.add_argument("--out", default="runs/benchmark_toy")
+    bt.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    bt.set_defaults(func=_cmd_benchmark_toy)
 
     d = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     dsub = d.add_subparsers(dest="data_command", required=True)
