@@ -295,6 +295,13 @@ def _validate(cfg: DictConfig) -> None:
             and not (cfg.model.name == "deeplabv2" and cfg.model.multi_level):
         raise ConfigError("method.adversarial.multi_level=true needs a network with an auxiliary "
                           "head: model.name=deeplabv2 model.multi_level=true")
+    r = cfg.method.dranet
+    if cfg.method.name == "dranet" and r.perceptual == "vgg19" and not r.perceptual_weights:
+        raise ConfigError("method.dranet.perceptual=vgg19 needs method.dranet.perceptual_weights "
+                          "(a local torchvision vgg19 state dict): a random VGG is no perceptual "
+                          "metric; perceptual=lite is meant for toy/CPU runs")
+    if r.perceptual_weights and not Path(r.perceptual_weights).is_file():
+        raise ConfigError(f"method.dranet.perceptual_weights: file {r.perceptual_weights} not found")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"model.pretrained: weights file {cfg.model.pretrained} not found "
                           "(give a local path; nothing is downloaded)")
