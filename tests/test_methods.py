@@ -111,3 +111,17 @@ def test_translator_handles_crops_and_full_frames(toy_root, tmp_path):
             assert out["x_st"].shape == (2, 3, h, w) and out["attn_st"].shape == (2, 3)
             assert torch.allclose(out["attn_st"].sum(1), torch.ones(2))
             assert out["x_st"].abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("method", ["source_only", "adversarial", "dranet"])
+def test_bf16_mixed_and_channels_last_run(toy_root, tmp_path, method):
+    cfg = shrunk(toy_root, tmp_path, method, "trainer.channels_last=true")
+    module, dm = build.build_module(cfg), build.build_datamodule(cfg)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", precision="bf16-mixed", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False)
+    trainer.fit(module, datamodule=dm)
+    conv = next(m for m in module.segmenter.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert module.last_results is not None
+    assert all(torch.isfinite(p).all() for p in module.parameters())

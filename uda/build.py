@@ -89,7 +89,8 @@ def build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
     common = dict(max_steps=cfg.trainer.max_steps, optim=o.name, lr=o.lr, momentum=o.momentum,
                   weight_decay=o.weight_decay, poly_power=o.poly_power,
-                  class_subsets=class_subsets(cfg), eval_options=eval_options(cfg))
+                  class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
+                  channels_last=cfg.trainer.channels_last)
     if cfg.method.name in ("source_only", "oracle"):
         return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
     if cfg.method.name == "adversarial":

@@ -161,7 +161,7 @@ class MethodConfig:
 class TrainerConfig:
     """Forwarded to the Lightning Trainer. max_steps counts training iterations (batches).
     val_every: validate on target val every N iterations (0 = only at the end).
-    precision: 32-true | bf16-mixed | 16-mixed."""
+    precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images."""
     max_steps: int = 1000
     devices: Any = 1
     accelerator: str = "auto"
@@ -172,6 +172,7 @@ class TrainerConfig:
     log_every: int = 50
     deterministic: bool = False
     progress_bar: bool = True
+    channels_last: bool = False
 
 
 @dataclass
@@ -281,6 +282,7 @@ _CHOICES = {
     "method.optim.name": ("sgd", "adam"),
     "logger.name": ("csv", "none"),
     "eval.mode": ("whole", "slide"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
 }
 
 

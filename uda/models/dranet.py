@@ -1,17 +1,21 @@
 """DRANet translator: shared encoder E, separator S, generator G as one plain module.
 
-Images are in [-1, 1]. `encode(x, domain) -> (content, style)`; `decode(content, style) ->
-image`; `transfer(content_src, style_bank, attn)` decodes each source content with its
-CADT-mixed style (styles resized to the content's spatial size when the bank's frames had
-another size, so crops train and full frames translate). H and W must be divisible by
-2 ** num_down.
+Images are in [-1, 1]. `encode(x, domain) -> (content (B,C,h,w), style (B,C,1,1))`;
+`decode(content, style) -> image`; `transfer(content_src, style_bank, attn)` decodes each source
+content with its CADT-mixed style. H and W must be divisible by 2 ** num_down.
+
+Style code: the separator splits F into content = w_d * S(F) and F - content; the style is the
+spatial mean of F - content, a per-channel code. A spatial style map would carry the layout of
+the image it came from into every translation (seen on the toy benchmark: translated frames
+took the target frames' structure); a per-channel code carries none, fits any frame size
+(crops train, full frames translate), and the reconstruction loss makes the content map hold
+everything spatial.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
@@ -27,9 +31,11 @@ class DRANetTranslator(nn.Module):
         self.generator = Generator(channels, 3, num_up=num_down, norm=gen_norm)
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.separator(self.encoder(x), domain)
+        content, rest = self.separator(self.encoder(x), domain)
+        return content, rest.mean(dim=(2, 3), keepdim=True)
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame."""
         return self.generator(content + style)
 
     @staticmethod
@@ -41,9 +47,6 @@ class DRANetTranslator(nn.Module):
 
     def transfer(self, content_src: torch.Tensor, style_bank: torch.Tensor,
                  attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(translated images, the mixed styles used)."""
-        if style_bank.shape[-2:] != content_src.shape[-2:]:
-            style_bank = F.interpolate(style_bank, size=content_src.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+        """(translated images, the mixed style codes used (B_src,C,1,1))."""
         style = cadt_mix(attn, style_bank)
         return self.decode(content_src, style), style

@@ -35,8 +35,8 @@ class OutputSpaceAdversarial(SegmentationModule):
                  multi_level: bool = False, lambda_aux_seg: float = 0.1,
                  lambda_aux_adv: float = 2e-4,
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None):
-        super().__init__(segmenter, class_names, class_subsets, eval_options)
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
+        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last)
         if d_input not in ("softmax", "entropy"):
             raise ValueError(f"d_input must be 'softmax' or 'entropy', got {d_input!r}")
         self.automatic_optimization = False

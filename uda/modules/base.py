@@ -43,9 +43,10 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None):
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
         super().__init__()
         self.segmenter = segmenter
+        self.channels_last = channels_last
         self.class_names = list(class_names)
         self.eval_options = dict(eval_options or {})
         self.export_dir: Path | None = None
@@ -53,6 +54,15 @@ class SegmentationModule(pl.LightningModule):
         self.val_metric = ConfusionMatrixMetric(len(self.class_names))
         self.last_results: dict | None = None
         self.last_results_step = -1  # iteration at which last_results were computed
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:  # NHWC: faster convolutions on tensor cores / recent CPUs
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        if self.channels_last:
+            batch = _to_channels_last(batch)
+        return batch
 
     @property
     def iteration(self) -> int:
@@ -85,3 +95,12 @@ class SegmentationModule(pl.LightningModule):
         for name, v in results["per_class_iou"].items():
             if v is not None:
                 self.log(f"val_iou/{name}", v, sync_dist=False, rank_zero_only=True)
+
+
+def _to_channels_last(batch):
+    """Every 4-D tensor in a (nested) dict batch -> channels_last memory format."""
+    if isinstance(batch, dict):
+        return {k: _to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor) and batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch

@@ -46,8 +46,8 @@ class DRANet(SegmentationModule):
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),
                  image_std: Sequence[float] = (0.229, 0.224, 0.225),
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None):
-        super().__init__(segmenter, class_names, class_subsets, eval_options)
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
+        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last)
         self.automatic_optimization = False
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
