@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from uda.models.backbone import BackboneSegmenter
 from uda.models.weights import LoadReport, load_matching_weights
 
 _BACKBONES = {"resnet101": torchvision.models.resnet101, "resnet50": torchvision.models.resnet50}
@@ -73,7 +74,7 @@ def _upsample(t: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(BackboneSegmenter):
     """DeepLab-v2: torchvision ResNet (``weights=None``; layer3/layer4 dilated 2/4, output stride 8)
     + ASPP classifier (dilations 6/12/18/24) on layer4; with ``multi_level=True`` a second ASPP
     head on layer3 (1024 channels) gives ``feats["aux_logits"]``.
@@ -106,7 +107,6 @@ class DeepLabV2(nn.Module):
         self.backbone = net
         self.classifier = ASPPClassifier(2048, num_classes)
         self.aux_classifier = ASPPClassifier(1024, num_classes) if multi_level else None
-        self._bn_frozen = False
         self.load_report: LoadReport | None = None
         if pretrained is not None:
             self.load_report = self.load_pretrained(pretrained)
@@ -127,37 +127,9 @@ class DeepLabV2(nn.Module):
 
         return load_matching_weights(self, path, candidates, ignore=ignore)
 
-    # -- batch norm --------------------------------------------------------------------------
-    def freeze_bn(self) -> None:
-        """Put every backbone BatchNorm in eval mode (running statistics no longer updated) and
-        stop gradients to its affine parameters. Persists across later ``.train()`` calls."""
-        self._bn_frozen = True
-        for m in self.backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self._bn_frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    # -- optimisation ------------------------------------------------------------------------
-    def param_groups(self, lr: float) -> list[dict]:
-        """Optimizer parameter groups: trainable backbone parameters at ``lr``, the randomly
-        initialised ASPP heads at ``10 * lr``. Each group also carries ``name`` and ``lr_mult``
-        (1 or 10) for schedulers that recompute learning rates. Frozen parameters are left out."""
-        heads = [self.classifier] + ([self.aux_classifier] if self.aux_classifier else [])
-        return [
-            {"name": "backbone", "lr": lr, "lr_mult": 1.0,
-             "params": [p for p in self.backbone.parameters() if p.requires_grad]},
-            {"name": "heads", "lr": 10 * lr, "lr_mult": 10.0,
-             "params": [p for h in heads for p in h.parameters() if p.requires_grad]},
-        ]
+    def heads(self) -> list[nn.Module]:
+        """The newly initialised modules (10x learning rate)."""
+        return [self.classifier] + ([self.aux_classifier] if self.aux_classifier else [])
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_features: bool = False):

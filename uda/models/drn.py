@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uda.models.backbone import BackboneSegmenter
 from uda.models.weights import LoadReport, load_matching_weights
 
 # (out channels, blocks, stride, dilation, residual) per level 1..8
@@ -128,7 +129,7 @@ def _drn_candidates(key: str) -> tuple[str, ...]:
     return (key, "backbone." + key)
 
 
-class DRNC26(nn.Module):
+class DRNC26(BackboneSegmenter):
     """DRN-C-26 segmenter: `DRNC26Backbone` (output stride 8) + 1x1 conv classifier (512 ->
     num_classes, weights ~ N(0, sqrt(2/num_classes)), bias 0, as the authors' segmentation code)
     + bilinear upsampling to the input size.
@@ -147,7 +148,6 @@ class DRNC26(nn.Module):
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=True)
         nn.init.normal_(self.classifier.weight, 0.0, (2.0 / num_classes) ** 0.5)
         nn.init.zeros_(self.classifier.bias)
-        self._bn_frozen = False
         self.load_report: LoadReport | None = None
         if pretrained is not None:
             self.load_report = self.load_pretrained(pretrained)
@@ -162,33 +162,9 @@ class DRNC26(nn.Module):
 
         return load_matching_weights(self, path, _drn_candidates, ignore=ignore)
 
-    def freeze_bn(self) -> None:
-        """Backbone BatchNorms to eval mode with frozen affine parameters; persists across later
-        ``.train()`` calls."""
-        self._bn_frozen = True
-        for m in self.backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self._bn_frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def param_groups(self, lr: float) -> list[dict]:
-        """Trainable backbone parameters at ``lr``, the classifier at ``10 * lr`` (groups also carry
-        ``name`` and ``lr_mult``)."""
-        return [
-            {"name": "backbone", "lr": lr, "lr_mult": 1.0,
-             "params": [p for p in self.backbone.parameters() if p.requires_grad]},
-            {"name": "heads", "lr": 10 * lr, "lr_mult": 10.0,
-             "params": [p for p in self.classifier.parameters() if p.requires_grad]},
-        ]
+    def heads(self) -> list[nn.Module]:
+        """The newly initialised modules (10x learning rate)."""
+        return [self.classifier]
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         enc = self.backbone(x)
