@@ -2,21 +2,26 @@
 trainer. Everything it builds takes plain arguments (no config objects past this file)."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from datamodules.datamodule import UDADataModule
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
+from uda.callbacks import SyncBuffers
 from uda.config import Config
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import load_matching_weights
 from uda.modules import SourceOnly
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
+from uda.models.sync_bn import convert_sync_batchnorm
 from uda.models.translation import PatchDiscriminator
 from uda.modules.adversarial import OutputSpaceAdversarial
 from uda.modules.dranet import DRANet
@@ -86,6 +91,15 @@ def eval_options(cfg: Config) -> dict:
 
 
 def build_module(cfg: Config) -> SegmentationModule:
+    module = _build_module(cfg)
+    if cfg.trainer.sync_batchnorm:
+        accel = cfg.trainer.accelerator
+        cuda = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+        convert_sync_batchnorm(module, backend_cuda=cuda)
+    return module
+
+
+def _build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
     common = dict(max_steps=cfg.trainer.max_steps, optim=o.name, lr=o.lr, momentum=o.momentum,
                   weight_decay=o.weight_decay, poly_power=o.poly_power,
@@ -130,6 +144,20 @@ def build_logger(cfg: Config, run_dir: Path):
     return False
 
 
+_DDP_START = {"ddp": "popen", "ddp_fork": "fork", "ddp_spawn": "spawn"}
+
+
+def build_strategy(cfg: Config):
+    """DDP with what manual optimization needs: several optimizers leave parameters unused in
+    each backward (find_unused_parameters; static_graph fails); a process-group timeout so that
+    the other ranks exit instead of hanging when one dies."""
+    t = cfg.trainer
+    if t.strategy not in _DDP_START:
+        return t.strategy
+    return DDPStrategy(start_method=_DDP_START[t.strategy], find_unused_parameters=True,
+                       timeout=timedelta(seconds=t.ddp_timeout_s))
+
+
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
                   optimizer_steps_per_iteration: int = 1) -> pl.Trainer:
     t = cfg.trainer
@@ -137,9 +165,10 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
     return pl.Trainer(
         max_steps=t.max_steps * optimizer_steps_per_iteration, max_epochs=-1,
-        devices=t.devices, accelerator=t.accelerator, strategy=t.strategy,
+        devices=t.devices, accelerator=t.accelerator, strategy=build_strategy(cfg),
         num_nodes=t.num_nodes, precision=t.precision, deterministic=t.deterministic,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_checkpointing=False, enable_model_summary=False, logger=build_logger(cfg, run_dir),
-        callbacks=callbacks, default_root_dir=str(run_dir), use_distributed_sampler=False)
+        callbacks=[SyncBuffers(), *callbacks], default_root_dir=str(run_dir),
+        use_distributed_sampler=False)

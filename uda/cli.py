@@ -11,7 +11,7 @@ def _cmd_train(args) -> int:
     from uda.config import load_config
     from uda.train import train
     cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    train(cfg, resume=args.resume)
     return 0
 
 
@@ -85,6 +85,9 @@ def make_parser() -> argparse.ArgumentParser:
                        "(overriding the structured defaults) and key=value overrides.")
     t.add_argument("--config", required=True, help="YAML file, e.g. configs/toy/source_only.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
+    t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
+                   "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
+                   "last.ckpt if present, else start fresh")
     t.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",

@@ -161,7 +161,11 @@ class MethodConfig:
 class TrainerConfig:
     """Forwarded to the Lightning Trainer. max_steps counts training iterations (batches).
     val_every: validate on target val every N iterations (0 = only at the end).
-    precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images."""
+    precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images.
+    strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn;
+    ddp_timeout_s: collective timeout (a dead rank makes the others fail instead of hang).
+    sync_batchnorm: batch statistics over all ranks (torch SyncBatchNorm on CUDA, our
+    all-reduce batch norm elsewhere); frozen BN layers (model.freeze_bn) stay as they are."""
     max_steps: int = 1000
     devices: Any = 1
     accelerator: str = "auto"
@@ -173,6 +177,8 @@ class TrainerConfig:
     deterministic: bool = False
     progress_bar: bool = True
     channels_last: bool = False
+    ddp_timeout_s: int = 1800
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -190,9 +196,11 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """Where a run writes. dir defaults to runs/<experiment>/<timestamp>."""
+    """Where a run writes. dir defaults to runs/<experiment>/<timestamp>.
+    checkpoint_every: also write last.ckpt and a kept iter-NNNNNNN.ckpt every N iterations."""
     experiment: str = "default"
     dir: Optional[str] = None
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -274,7 +282,7 @@ _CHOICES = {
     "model.name": ("small", "deeplabv2", "drn_c26"),
     "model.backbone": ("resnet101", "resnet50"),
     "method.name": ("source_only", "oracle", "adversarial", "dranet"),
-    "method.dranet.gen_norm": ("batch", "bin", "instance"),
+    "method.dranet.gen_norm": ("batch", "bin", "instance", "none"),
     "method.dranet.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.dranet.perceptual": ("lite", "vgg19"),
     "method.adversarial.d_input": ("softmax", "entropy"),

@@ -20,8 +20,7 @@ from uda import build
 from uda.config import Config, ConfigError, load_config
 from uda.evaluation.export import FORMATS, write_prediction
 from uda.evaluation.inference import predict_labels
-from uda.io import write_json_atomic
-from uda.metrics.report import format_table
+from uda.reporting import ResultsReport
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -57,27 +56,6 @@ def load_module(ckpt: dict, cfg: Config, ckpt_path):
     return module.eval()
 
 
-class _Report(pl.Callback):
-    """Prints and writes the results from the rank-0 process itself (with fork/spawn launchers
-    the calling process never sees the workers' module state)."""
-
-    def __init__(self, header: str, extra: dict, output=None, export=None):
-        self.header, self.extra, self.output, self.export = header, extra, output, export
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.is_global_zero:
-            return
-        results = dict(pl_module.last_results, **self.extra)
-        print(format_table(results))
-        print(f"target mIoU ({self.header}): {results['mIoU']:.2f}", flush=True)
-        if self.output:
-            write_json_atomic(self.output, results)
-            print(f"results written to {self.output}")
-        if self.export:
-            print(f"predictions written to {self.export}/labelIds (official-evaluator ready) "
-                  f"and {self.export}/color")
-
-
 def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=None) -> dict:
     ckpt = read_checkpoint(checkpoint)
     cfg = config_for(ckpt, checkpoint, config_file, overrides)
@@ -90,10 +68,13 @@ def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=N
     dm = UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
                        num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
     t = cfg.trainer
+    # the checkpoint's iteration: results say which weights they score
     extra = {"checkpoint": str(checkpoint),
              "step": (ckpt.get("uda") or {}).get("step", ckpt.get("global_step"))}
-    report = _Report(f"{checkpoint}, {d.target.dataset} {d.target_val_split}", extra, output,
-                     export)
+    note = (f"predictions written to {export}/labelIds (official-evaluator ready) and "
+            f"{export}/color") if export else None
+    report = ResultsReport(f"{checkpoint}, {d.target.dataset} {d.target_val_split}", output,
+                           extra, note=note)
     trainer = pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
                          num_nodes=t.num_nodes, precision=t.precision, logger=False,
                          enable_progress_bar=t.progress_bar, enable_model_summary=False,

@@ -2,49 +2,123 @@
 
 Run directory contents: config.yaml (resolved), checkpoints/{last,best}.ckpt, logs/ (CSV
 metrics), results.json (final-weights evaluation on target val; schema in uda.metrics.report,
-plus "checkpoint": "last", "step": int).
+plus "step" (iterations) and "checkpoint": "last").
+
+Multi-process runs: every rank runs this function (torchrun/SLURM start N copies; Lightning's
+own launcher re-executes the command). They agree on the run directory through `UDA_RUN_DIR`
+(exported by rank 0 before the launcher starts the others, or by the launch scripts), else
+the job id of torchrun/SLURM; only rank 0 writes config.yaml and results.json.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from uda import build
+from uda.callbacks import GracefulStop
 from uda.checkpointing import AtomicCheckpoint
-from uda.config import Config, resolve_run_dir, to_yaml
-from uda.io import write_json_atomic, write_text_atomic
-from uda.metrics.report import format_table
+from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
+from uda.io import write_text_atomic
+from uda.reporting import ResultsReport
 
 
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-
-
-def train(cfg: Config) -> dict:
+def shared_run_dir(cfg: Config) -> Path:
+    """The run directory, identical on every rank of a job."""
+    if not cfg.run.dir and os.environ.get("UDA_RUN_DIR"):
+        cfg.run.dir = os.environ["UDA_RUN_DIR"]
+    if not cfg.run.dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+        if not job or job == "none":
+            raise ConfigError("multi-process launch without run.dir: set run.dir=... (or "
+                              "UDA_RUN_DIR) so that all ranks write to the same directory")
+        cfg.run.dir = str(Path("runs") / cfg.run.experiment / f"job-{job}")
     run_dir = resolve_run_dir(cfg)
+    os.environ["UDA_RUN_DIR"] = str(run_dir)  # inherited by processes the launcher starts
+    return run_dir
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """`auto`: the run's last.ckpt when it exists (else start fresh); a path: that file."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def check_resumable(ckpt: dict, cfg: Config, path) -> int:
+    """The checkpoint's iteration; a clear error when it belongs to another kind of run."""
+    from omegaconf import OmegaConf
+    saved = OmegaConf.create((ckpt.get("uda") or {}).get("config") or "{}")
+    for key in ("method.name", "model.name", "data.source.dataset", "data.target.dataset"):
+        old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if old is not None and old != new:
+            raise ConfigError(f"{path}: cannot resume: checkpoint has {key}={old!r}, the config "
+                              f"{key}={new!r}")
+    step = int((ckpt.get("uda") or {}).get("step", 0))
+    if step >= cfg.trainer.max_steps:
+        raise ConfigError(f"{path}: already at iteration {step} >= trainer.max_steps="
+                          f"{cfg.trainer.max_steps}; raise trainer.max_steps to continue")
+    return step
+
+
+def requeue_if_slurm(signum) -> None:
+    """SLURM sends SIGUSR1 before the time limit (sbatch --signal=USR1@90): requeue the job,
+    whose script runs `uda train ... --resume auto` again. Rank 0 only; failures are reported."""
+    if signum != signal.SIGUSR1 or "SLURM_JOB_ID" not in os.environ or rank_zero_only.rank != 0:
+        return
+    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    print(f"uda: scontrol requeue {job}: " + ("ok" if r.returncode == 0 else r.stderr.strip()),
+          flush=True)
+
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    """Train; `resume` = a checkpoint path or "auto" (the run's last.ckpt if present)."""
+    if resume == "auto" and not (cfg.run.dir or os.environ.get("UDA_RUN_DIR")):
+        raise ConfigError("--resume auto needs run.dir=... (the run to continue)")
+    run_dir = shared_run_dir(cfg)
+    ckpt_path = resume_path(resume, run_dir)
+    start = 0
+    if ckpt_path is not None:
+        from uda.evaluate import read_checkpoint
+        start = check_resumable(read_checkpoint(ckpt_path), cfg, ckpt_path)
     config_yaml = to_yaml(cfg)
-    if _is_rank_zero():
+    if rank_zero_only.rank == 0:
         print(f"uda: run directory {run_dir}\n--- resolved config ---\n{config_yaml}---", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_yaml)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
+    datamodule.start_step = start  # the samplers continue the uninterrupted stream
     module = build.build_module(cfg)
-    ckpt = AtomicCheckpoint(run_dir / "checkpoints", config_yaml)
-    trainer = build.build_trainer(cfg, run_dir, [ckpt],
-                                  getattr(module, "optimizer_steps_per_iteration", 1))
-    trainer.fit(module, datamodule=datamodule)
-    if module.last_results is None or module.last_results_step != module.iteration:
+    steps = cfg.trainer.max_steps
+    report = ResultsReport(f"final weights, {cfg.data.target.dataset} {cfg.data.target_val_split}",
+                           run_dir / "results.json", {"checkpoint": "last", "iterations": steps},
+                           at_iteration=steps)
+    ckpt = AtomicCheckpoint(run_dir / "checkpoints", config_yaml, cfg.run.checkpoint_every)
+    stop = GracefulStop(ckpt)
+    trainer = build.build_trainer(cfg, run_dir, [ckpt, report, stop],
+                                  module.optimizer_steps_per_iteration)
+    if ckpt_path is not None and rank_zero_only.rank == 0:
+        print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if stop.stopped_at is not None:  # preempted: checkpoint written, no final evaluation
+        if rank_zero_only.rank == 0:
+            print(f"uda: stopped by signal {stop.requested} at iteration {stop.stopped_at}; "
+                  f"{run_dir / 'checkpoints' / 'last.ckpt'} written; continue with the same "
+                  "command and --resume auto", flush=True)
+        requeue_if_slurm(stop.requested)
+        return {"interrupted": True, "step": stop.stopped_at}
+    if module.last_results_step != steps:  # the last validation was not on the final weights
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    results = dict(module.last_results, checkpoint="last", step=module.last_results_step,
-                   iterations=cfg.trainer.max_steps)
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / "results.json", results)
-        print(format_table(results))
-        print(f"target mIoU (final weights, {cfg.data.target.dataset} "
-              f"{cfg.data.target_val_split}, {results['num_images']} images): "
-              f"{results['mIoU']:.2f}", flush=True)
-        print(f"results: {run_dir / 'results.json'}")
-    return results
+    return json.loads((run_dir / "results.json").read_text())

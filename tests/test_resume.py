@@ -1,0 +1,95 @@
+"""Exact resume: N iterations + SIGTERM + `--resume auto` to 2N == 2N uninterrupted (CPU,
+deterministic), for a one-optimizer and a three-optimizer recipe; resume errors."""
+import os
+import signal
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import uda.build
+from conftest import REPO
+from uda.cli import main
+from uda.config import ConfigError, load_config
+from uda.train import train
+
+SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
+          "data.target_transform.crop=[32,64]", "data.source_transform.jitter=0.2",
+          "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
+          "trainer.progress_bar=false", "trainer.deterministic=true", "trainer.max_steps=6",
+          "trainer.val_every=2"]
+
+
+class KillAt(pl.Callback):
+    """Sends this process a real SIGTERM at the end of iteration `n`."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def cfg_for(method, toy_root, run_dir):
+    return load_config(REPO / f"configs/toy/{method}.yaml", [
+        f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
+        f"run.dir={run_dir}", *SHRINK])
+
+
+def params(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("method", ["source_only", "dranet"])
+def test_interrupted_and_resumed_equals_uninterrupted(toy_root, tmp_path, method, monkeypatch):
+    full = train(cfg_for(method, toy_root, tmp_path / "a"))
+    assert full["step"] == 6
+
+    original = uda.build.build_trainer
+    monkeypatch.setattr(uda.build, "build_trainer",
+                        lambda *a, **k: _with(original(*a, **k), KillAt(3)))
+    part = train(cfg_for(method, toy_root, tmp_path / "b"))
+    assert part == {"interrupted": True, "step": 3}
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["uda"]["step"] == 3
+    monkeypatch.setattr(uda.build, "build_trainer", original)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    resumed = train(cfg_for(method, toy_root, tmp_path / "b"), resume="auto")
+    assert resumed["step"] == 6
+    a, b = params(tmp_path / "a"), params(tmp_path / "b")
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed run differs from the uninterrupted one: {differ[:5]}"
+    assert resumed["confusion_matrix"] == full["confusion_matrix"]
+
+
+def _with(trainer, callback):
+    trainer.callbacks.insert(0, callback)  # before GracefulStop looks at the iteration
+    return trainer
+
+
+def test_resume_errors(toy_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(cfg_for("source_only", toy_root, run))
+    base = ["train", "--config", str(REPO / "configs/toy/adversarial.yaml"),
+            f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
+            f"run.dir={run}", *SHRINK]
+    assert main([*base, "--resume", "auto"]) == 2
+    assert "cannot resume: checkpoint has method.name='source_only'" in capsys.readouterr().err
+    base[2] = str(REPO / "configs/toy/source_only.yaml")
+    assert main([*base, "--resume", "auto"]) == 2  # already at max_steps
+    assert "already at iteration 6" in capsys.readouterr().err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([*base, "--resume", str(bad)]) == 2
+    assert "bad.ckpt: cannot read checkpoint" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--resume auto needs run.dir"):
+        cfg = cfg_for("source_only", toy_root, run)
+        cfg.run.dir = None
+        monkeypatch_env = os.environ.pop("UDA_RUN_DIR", None)
+        try:
+            train(cfg, resume="auto")
+        finally:
+            if monkeypatch_env:
+                os.environ["UDA_RUN_DIR"] = monkeypatch_env

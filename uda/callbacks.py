@@ -1,0 +1,59 @@
+"""Small training callbacks used by every run (see `uda.build.build_trainer`)."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytorch_lightning as pl
+import torch.distributed as dist
+
+from uda.models.sync_bn import broadcast_buffers_
+
+
+class SyncBuffers(pl.Callback):
+    """Make buffers (BatchNorm running statistics) identical on all ranks before each validation
+    and at the end of training, by broadcasting rank 0's. DDP only syncs buffers at the start of
+    a forward, so each rank's last steps leave its own statistics; without this, ranks would
+    validate and checkpoint different models. Placed first, so checkpoints see synced buffers."""
+
+    @staticmethod
+    def _sync(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            broadcast_buffers_(pl_module, src=0)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._sync(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._sync(trainer, pl_module)
+
+
+class GracefulStop(pl.Callback):
+    """SIGTERM / SIGUSR1 (preemption, SLURM's warning signal) -> at the end of the current
+    iteration, write last.ckpt and stop cleanly; `requested` tells the caller which signal came.
+    Ranks agree through a reduced decision, so a signal reaching one rank stops all of them at
+    the same iteration (no rank waits in a collective the others never enter)."""
+
+    def __init__(self, checkpoint, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.checkpoint, self.signals = checkpoint, tuple(signals)
+        self.requested: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame):
+        self.requested = signum
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in self.signals}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
+            self.stopped_at = getattr(pl_module, "iteration", trainer.global_step)
+            self.checkpoint.save(trainer, "last")
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
