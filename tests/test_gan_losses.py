@@ -79,3 +79,17 @@ def test_content_and_style_loss():
     close(style_loss(list(g.values()), list(h.values())), 4.25)
     with pytest.raises(ValueError):
         style_loss(g, {"relu1_1": g["relu1_1"]})
+
+
+def test_normalised_content_loss_ignores_per_channel_statistics():
+    from uda.losses.translation import content_loss, instance_normalize
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 5, 7)
+    b = a * torch.tensor([2.0, 0.5, 3.0]).view(1, 3, 1, 1) + torch.tensor([1.0, -4.0, 9.0]).view(1, 3, 1, 1)
+    assert content_loss(a, b) > 1.0                      # plain: the style change is penalised
+    assert content_loss(a, b, normalize=True) < 1e-6     # normalised: only layout counts
+    flipped = torch.flip(a, dims=[3])
+    assert content_loss(a, flipped, normalize=True) > 0.1  # a different layout still costs
+    n = instance_normalize(a)
+    assert torch.allclose(n.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-6)
+    assert torch.allclose(n.var(dim=(2, 3), unbiased=False), torch.ones(2, 3), atol=1e-3)

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from datamodules.datamodule import UDADataModule
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
-from uda.callbacks import SyncBuffers
+from uda import logging_setup
+from uda.callbacks import IoUTable, SyncBuffers
 from uda.config import Config
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import load_matching_weights
@@ -104,7 +107,9 @@ def _build_module(cfg: Config) -> SegmentationModule:
     common = dict(max_steps=cfg.trainer.max_steps, optim=o.name, lr=o.lr, momentum=o.momentum,
                   weight_decay=o.weight_decay, poly_power=o.poly_power,
                   class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
-                  channels_last=cfg.trainer.channels_last)
+                  channels_last=cfg.trainer.channels_last,
+                  image_mean=tuple(cfg.data.source_transform.mean),
+                  image_std=tuple(cfg.data.source_transform.std))
     if cfg.method.name in ("source_only", "oracle"):
         return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
     if cfg.method.name == "adversarial":
@@ -129,19 +134,21 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
     weights = {"rec": r.w_rec, "adv": r.w_adv, "content": r.w_content, "style": r.w_style,
                "consistency": r.w_consistency, "task_translator": r.w_task_translator,
                "seg_translated": r.w_seg_translated, "seg_source": r.w_seg_source}
-    t = cfg.data.source_transform
     return DRANet(build_segmenter(cfg), CLASS_NAMES, translator=translator,
                   discriminators=discriminators, perceptual=perceptual, weights=weights,
                   lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
                   gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
-                  task_to_translator=r.task_to_translator, image_mean=tuple(t.mean),
-                  image_std=tuple(t.std), **common)
+                  task_to_translator=r.task_to_translator, content_norm=r.content_norm,
+                  **common)
 
 
 def build_logger(cfg: Config, run_dir: Path):
-    if cfg.logger.name == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
-    return False
+    lg = cfg.logger
+    from omegaconf import OmegaConf
+    return logging_setup.build_logger(
+        lg.name, run_dir, project=lg.project, name=lg.run_name or run_dir.name, group=lg.group,
+        tags=list(lg.tags), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),
+        log_checkpoints=lg.log_checkpoints, is_rank_zero=rank_zero_only.rank == 0)
 
 
 _DDP_START = {"ddp": "popen", "ddp_fork": "fork", "ddp_spawn": "spawn"}
@@ -161,6 +168,12 @@ def build_strategy(cfg: Config):
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
                   optimizer_steps_per_iteration: int = 1) -> pl.Trainer:
     t = cfg.trainer
+    logger = build_logger(cfg, run_dir)
+    if logger:
+        mean, std = cfg.data.eval_transform.mean, cfg.data.eval_transform.std
+        callbacks = [*callbacks, IoUTable(),
+                     logging_setup.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
+                                               mean=tuple(mean), std=tuple(std))]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
     return pl.Trainer(
@@ -169,6 +182,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         num_nodes=t.num_nodes, precision=t.precision, deterministic=t.deterministic,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
-        enable_checkpointing=False, enable_model_summary=False, logger=build_logger(cfg, run_dir),
+        enable_checkpointing=False, enable_model_summary=False, logger=logger,
         callbacks=[SyncBuffers(), *callbacks], default_root_dir=str(run_dir),
-        use_distributed_sampler=False)
+        use_distributed_sampler=False,
+        # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)

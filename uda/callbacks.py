@@ -57,3 +57,17 @@ class GracefulStop(pl.Callback):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+class IoUTable(pl.Callback):
+    """The per-class IoU of each validation as a wandb table (CSV/TensorBoard already get
+    `val_iou/<class>` scalars from the module)."""
+
+    def on_validation_end(self, trainer, pl_module):
+        from pytorch_lightning.loggers import WandbLogger
+        from uda.logging_setup import log_iou_table
+        if trainer.sanity_checking or not pl_module.last_results:
+            return
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb_loggers:
+            log_iou_table(wandb_loggers, pl_module.last_results, pl_module.iteration)

@@ -120,6 +120,8 @@ class DRANetConfig:
     temperature `cadt_temperature`. Loss weights w_*; the task network trains on source
     translated to the target style (w_seg_translated) and on raw source (w_seg_source).
     task_to_translator: the translated-image task loss also trains E/S/G (w_task_translator).
+    content_norm: compare perceptual content on instance-normalised features (per-channel
+    statistics are style; without it the content loss opposes the translation).
     Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
     width: int = 32
     num_down: int = 2
@@ -130,6 +132,7 @@ class DRANetConfig:
     perceptual: str = "lite"
     perceptual_weights: Optional[str] = None
     content_layer: str = "relu3_1"
+    content_norm: bool = True
     style_layers: List[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
     cadt_temperature: float = 0.1
     lr_translator: float = 2e-4
@@ -205,8 +208,20 @@ class RunConfig:
 
 @dataclass
 class LoggerConfig:
-    """name in {csv, none}; wandb arrives with the operations issue."""
-    name: str = "csv"
+    """name: wandb (default) | csv | tensorboard | none. wandb mode: auto (online when
+    credentials exist, else offline with a `wandb sync` hint) | online | offline | disabled;
+    an unreachable wandb never stops training (falls back to CSV). project/run_name/group/tags
+    name the run; panels_every: image panels (source, target, translations, prediction/GT
+    overlays) every N iterations (0 = only at validation); log_checkpoints: upload
+    checkpoints as wandb artifacts. Only rank 0 logs."""
+    name: str = "wandb"
+    mode: str = "auto"
+    project: str = "uda"
+    run_name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    panels_every: int = 500
+    log_checkpoints: bool = False
 
 
 @dataclass
@@ -288,7 +303,8 @@ _CHOICES = {
     "method.adversarial.d_input": ("softmax", "entropy"),
     "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.optim.name": ("sgd", "adam"),
-    "logger.name": ("csv", "none"),
+    "logger.name": ("wandb", "csv", "tensorboard", "none"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
 }

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from uda import build
+from uda import build, logging_setup
 from uda.callbacks import GracefulStop
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
@@ -29,15 +29,15 @@ from uda.reporting import ResultsReport
 
 
 def shared_run_dir(cfg: Config) -> Path:
-    """The run directory, identical on every rank of a job."""
+    """The run directory, identical on every rank of a job (and across SLURM requeues)."""
     if not cfg.run.dir and os.environ.get("UDA_RUN_DIR"):
         cfg.run.dir = os.environ["UDA_RUN_DIR"]
-    if not cfg.run.dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
-        if not job or job == "none":
-            raise ConfigError("multi-process launch without run.dir: set run.dir=... (or "
-                              "UDA_RUN_DIR) so that all ranks write to the same directory")
+    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+    if not cfg.run.dir and job and job != "none":
         cfg.run.dir = str(Path("runs") / cfg.run.experiment / f"job-{job}")
+    if not cfg.run.dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("multi-process launch without run.dir: set run.dir=... (or "
+                          "UDA_RUN_DIR) so that all ranks write to the same directory")
     run_dir = resolve_run_dir(cfg)
     os.environ["UDA_RUN_DIR"] = str(run_dir)  # inherited by processes the launcher starts
     return run_dir
@@ -111,7 +111,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                   module.optimizer_steps_per_iteration)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if stop.stopped_at is None and module.last_results_step != steps:
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # final weights
+    finally:
+        logging_setup.close_logger(trainer.logger)
     if stop.stopped_at is not None:  # preempted: checkpoint written, no final evaluation
         if rank_zero_only.rank == 0:
             print(f"uda: stopped by signal {stop.requested} at iteration {stop.stopped_at}; "
@@ -119,6 +124,4 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                   "command and --resume auto", flush=True)
         requeue_if_slurm(stop.requested)
         return {"interrupted": True, "step": stop.stopped_at}
-    if module.last_results_step != steps:  # the last validation was not on the final weights
-        trainer.validate(module, datamodule=datamodule, verbose=False)
     return json.loads((run_dir / "results.json").read_text())

@@ -36,10 +36,23 @@ def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
     return f @ f.transpose(1, 2) / (c * h * w)
 
 
-def content_loss(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of two same-shape feature maps."""
+def instance_normalize(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per image and channel: subtract the spatial mean, divide by the spatial std."""
+    feat = feat.float()
+    mean = feat.mean(dim=(2, 3), keepdim=True)
+    std = (feat.var(dim=(2, 3), keepdim=True, unbiased=False) + eps).sqrt()
+    return (feat - mean) / std
+
+
+def content_loss(feat_a: torch.Tensor, feat_b: torch.Tensor,
+                 normalize: bool = False) -> torch.Tensor:
+    """Mean squared difference of two same-shape feature maps. With `normalize`, both are
+    instance-normalised first: per-channel statistics (what a style is made of) no longer count,
+    so the loss keeps the layout without opposing the style change a translation must make."""
     if feat_a.shape != feat_b.shape:
         raise ValueError(f"shape mismatch: {tuple(feat_a.shape)} vs {tuple(feat_b.shape)}")
+    if normalize:
+        feat_a, feat_b = instance_normalize(feat_a), instance_normalize(feat_b)
     return F.mse_loss(feat_a.float(), feat_b.float())
 
 

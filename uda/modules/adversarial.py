@@ -35,8 +35,11 @@ class OutputSpaceAdversarial(SegmentationModule):
                  multi_level: bool = False, lambda_aux_seg: float = 0.1,
                  lambda_aux_adv: float = 2e-4,
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
-        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last)
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last,
+                         image_mean, image_std)
         if d_input not in ("softmax", "entropy"):
             raise ValueError(f"d_input must be 'softmax' or 'entropy', got {d_input!r}")
         self.automatic_optimization = False

@@ -43,10 +43,15 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
         super().__init__()
         self.segmenter = segmenter
         self.channels_last = channels_last
+        # the datamodule's normalisation, to show images (panels) and to translate them
+        self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self.class_names = list(class_names)
         self.eval_options = dict(eval_options or {})
         self.export_dir: Path | None = None
@@ -63,6 +68,16 @@ class SegmentationModule(pl.LightningModule):
         if self.channels_last:
             batch = _to_channels_last(batch)
         return batch
+
+    def to_display(self, x: torch.Tensor) -> torch.Tensor:
+        """Dataset-normalised images -> RGB in [0, 1]."""
+        return (x.float() * self.std + self.mean).clamp(0, 1)
+
+    @torch.no_grad()
+    def panel_images(self, batch) -> dict[str, torch.Tensor]:
+        """Images for the logger's training panels, (B,3,H,W) in [0, 1]."""
+        return {"source": self.to_display(batch["source"]["image"]),
+                "target": self.to_display(batch["target"]["image"])}
 
     @property
     def iteration(self) -> int:

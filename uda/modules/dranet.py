@@ -43,11 +43,13 @@ class DRANet(SegmentationModule):
                  lr_translator: float = 2e-4, lr_d: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), gan_loss: str = "lsgan",
                  cadt_temperature: float = 0.1, task_to_translator: bool = False,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225),
+                 content_norm: bool = True,
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
-        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last)
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last,
+                         image_mean, image_std)
         self.automatic_optimization = False
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
@@ -58,13 +60,20 @@ class DRANet(SegmentationModule):
         self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
-        self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+        self.content_norm = content_norm
 
     # --- image spaces ---------------------------------------------------------------------
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised image -> [-1, 1]."""
         return (x * self.std + self.mean) * 2.0 - 1.0
+
+    @torch.no_grad()
+    def panel_images(self, batch) -> dict[str, torch.Tensor]:
+        """Source, target and both translations, (B,3,H,W) in [0, 1]."""
+        x_s, x_t = batch["source"]["image"], batch["target"]["image"]
+        out = self.translate(self.to_unit(x_s), self.to_unit(x_t))
+        return {"source": self.to_display(x_s), "target": self.to_display(x_t),
+                "source_to_target": (out["x_st"] + 1) / 2, "target_to_source": (out["x_ts"] + 1) / 2}
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> dataset-normalised image (what the segmenter expects)."""
@@ -112,7 +121,8 @@ class DRANet(SegmentationModule):
             "rec": reconstruction_loss(out["rec_s"], u_s) + reconstruction_loss(out["rec_t"], u_t),
             "adv": generator_loss(d["target"](out["x_st"]), self.gan_loss)
                    + generator_loss(d["source"](out["x_ts"]), self.gan_loss),
-            "content": content_loss(q_st[ck], p_s[ck]) + content_loss(q_ts[ck], p_t[ck]),
+            "content": content_loss(q_st[ck], p_s[ck], self.content_norm)
+                       + content_loss(q_ts[ck], p_t[ck], self.content_norm),
             "style": style_loss(grams(q_st), mixed_t) + style_loss(grams(q_ts), mixed_s),
             "consistency": consistency_loss(c_st, out["c_s"]) + consistency_loss(s_st, out["style_st"])
                            + consistency_loss(c_ts, out["c_t"]) + consistency_loss(s_ts, out["style_ts"]),

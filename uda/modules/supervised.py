@@ -16,8 +16,11 @@ class SourceOnly(SegmentationModule):
                  optim: str = "sgd", lr: float = 2.5e-4, momentum: float = 0.9,
                  weight_decay: float = 5e-4, poly_power: float = 0.9,
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False):
-        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last)
+                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last,
+                         image_mean, image_std)
         self.automatic_optimization = False
         self.max_steps = max_steps
         self.optim_args = dict(name=optim, lr=lr, momentum=momentum, weight_decay=weight_decay)
