@@ -95,6 +95,7 @@ def eval_options(cfg: Config) -> dict:
 
 def build_module(cfg: Config) -> SegmentationModule:
     module = _build_module(cfg)
+    module.max_nonfinite_skips = cfg.trainer.max_nonfinite_skips
     if cfg.trainer.sync_batchnorm:
         accel = cfg.trainer.accelerator
         cuda = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())

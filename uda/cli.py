@@ -181,10 +181,11 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from datamodules.io import DatasetError
     from uda.config import ConfigError
+    from uda.modules.base import NonFiniteLossError
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError) as e:
+    except (ConfigError, DatasetError, NonFiniteLossError) as e:
         print(f"uda: error: {e}", file=sys.stderr)
         return 2
 

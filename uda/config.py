@@ -167,6 +167,8 @@ class TrainerConfig:
     precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images.
     strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn;
     ddp_timeout_s: collective timeout (a dead rank makes the others fail instead of hang).
+    max_nonfinite_skips: iterations with a NaN/Inf loss to skip before stopping (0: stop at the
+    first, with a clear error; the last good checkpoint is kept).
     sync_batchnorm: batch statistics over all ranks (torch SyncBatchNorm on CUDA, our
     all-reduce batch norm elsewhere); frozen BN layers (model.freeze_bn) stay as they are."""
     max_steps: int = 1000
@@ -181,6 +183,7 @@ class TrainerConfig:
     progress_bar: bool = True
     channels_last: bool = False
     ddp_timeout_s: int = 1800
+    max_nonfinite_skips: int = 0
     sync_batchnorm: bool = False
 
 

@@ -86,10 +86,10 @@ class OutputSpaceAdversarial(SegmentationModule):
                 losses[f"seg_{level}"] = w_seg * segmentation_ce(out_s[level], src["mask"])
                 d_t = self.discriminators[level](self.d_input_map(out_t[level]))
                 losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss)
-        opt_seg.zero_grad()
-        self.manual_backward(sum(losses.values()))
-        opt_seg.step()
+        ok = self.backward_step(opt_seg, sum(losses.values()), "segmenter")
         self.untoggle_optimizer(opt_seg)
+        if not ok:
+            return
 
         # 2. discriminators: source outputs -> "real", target outputs -> "fake" (detached)
         self.toggle_optimizer(opt_d)
@@ -97,10 +97,10 @@ class OutputSpaceAdversarial(SegmentationModule):
             self.discriminators[level](self.d_input_map(out_s[level].detach())),
             self.discriminators[level](self.d_input_map(out_t[level].detach())), self.gan_loss)
             for level in out_s)
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
+        ok = self.backward_step(opt_d, d_loss, "discriminator")
         self.untoggle_optimizer(opt_d)
+        if not ok:
+            return
 
         sched_seg.step()
         sched_d.step()

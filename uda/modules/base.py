@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from uda.evaluation.export import write_prediction
@@ -35,6 +36,10 @@ def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.99), weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}' (method.optim.name: sgd | adam)")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss beyond the allowed number of skipped iterations."""
 
 
 class SegmentationModule(pl.LightningModule):
@@ -68,6 +73,40 @@ class SegmentationModule(pl.LightningModule):
         if self.channels_last:
             batch = _to_channels_last(batch)
         return batch
+
+    #: iterations with a non-finite loss that may be skipped before the run stops (0: none)
+    max_nonfinite_skips = 0
+
+    def backward_step(self, optimizer, loss: torch.Tensor, name: str) -> bool:
+        """zero_grad, manual_backward, step: the recipe's optimizer step. A NaN/Inf loss on any
+        rank (decided jointly, so all ranks skip together) skips the step and returns False, up
+        to `max_nonfinite_skips` times; after that NonFiniteLossError stops the run, and no
+        checkpoint is written from the bad state (last.ckpt stays the last good one)."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            self.nonfinite_skips = getattr(self, "nonfinite_skips", 0) + 1
+            where = f"non-finite {name} loss ({float(loss.detach()):.4g}) at iteration {self.iteration}"
+            if self.nonfinite_skips > self.max_nonfinite_skips:
+                raise NonFiniteLossError(
+                    f"{where}; stopping (last.ckpt is the last good checkpoint). Try a lower "
+                    "learning rate or trainer.precision=32-true; trainer.max_nonfinite_skips=N "
+                    "skips up to N such iterations")
+            rank_zero_warn(f"{where}: iteration skipped ({self.nonfinite_skips}/"
+                           f"{self.max_nonfinite_skips} allowed)")
+            with torch.no_grad():  # the bad forward already moved BN statistics: undo it
+                for buf, saved in zip(self.buffers(), self._buffer_snapshot):
+                    buf.copy_(saved)
+            return False
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return True
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.max_nonfinite_skips > 0:  # buffers are small (BN statistics): cheap to keep
+            self._buffer_snapshot = [b.detach().clone() for b in self.buffers()]
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""

@@ -151,24 +151,24 @@ class DRANet(SegmentationModule):
 
         self.toggle_optimizer(opt_d)
         loss_d = self.d_loss(u_s, u_t, out)
-        opt_d.zero_grad()
-        self.manual_backward(loss_d)
-        opt_d.step()
+        ok = self.backward_step(opt_d, loss_d, "discriminator")
         self.untoggle_optimizer(opt_d)
+        if not ok:
+            return
 
         self.toggle_optimizer(opt_g)
         g_losses = self.translator_losses(u_s, u_t, out, p_s, p_t, mask_s)
-        opt_g.zero_grad()
-        self.manual_backward(self.weighted(g_losses))
-        opt_g.step()
+        ok = self.backward_step(opt_g, self.weighted(g_losses), "translator")
         self.untoggle_optimizer(opt_g)
+        if not ok:
+            return
 
         self.toggle_optimizer(opt_seg)
         t_losses = self.task_losses(x_s, out["x_st"].detach(), mask_s)
-        opt_seg.zero_grad()
-        self.manual_backward(self.weighted(t_losses))
-        opt_seg.step()
+        ok = self.backward_step(opt_seg, self.weighted(t_losses), "task")
         self.untoggle_optimizer(opt_seg)
+        if not ok:
+            return
 
         for sched in self.lr_schedulers():
             sched.step()

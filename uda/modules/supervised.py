@@ -34,9 +34,8 @@ class SourceOnly(SegmentationModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         src = batch["source"]
         loss = segmentation_ce(self.segmenter(src["image"]), src["mask"])
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
+        if not self.backward_step(opt, loss, "segmentation"):
+            return
         sched.step()
         self.log("train/loss_seg", loss, prog_bar=True)
         self.log("train/lr", sched.get_last_lr()[0])
