@@ -166,3 +166,23 @@ def test_perceptual_vgg19_without_weights_warns():
     assert len(net.features) == 7  # relu2_1 is index 6
     with pytest.raises(ValueError):
         PerceptualNet(kind="resnet")
+
+
+def test_modulated_generator_is_styled_by_the_code_at_any_size():
+    from uda.models.dranet import DRANetTranslator
+    from uda.models.translation import ModulatedGenerator, StyleModulation
+    torch.manual_seed(0)
+    g = ModulatedGenerator(32, style_dim=32, num_up=2)
+    feat = torch.randn(2, 32, 8, 16)
+    s0 = torch.zeros(2, 32)
+    # zero-initialised modulation: the style code has no effect at the start
+    assert torch.equal(g(feat, s0), g(feat, torch.randn(2, 32)))
+    for m in g.modules():
+        if isinstance(m, StyleModulation):
+            torch.nn.init.normal_(m.affine.weight, std=0.5)
+    a, b = g(feat, s0), g(feat, torch.randn(2, 32))
+    assert a.shape == (2, 3, 32, 64) and not torch.allclose(a, b)
+    assert g(torch.randn(1, 32, 12, 20), torch.randn(1, 32)).shape == (1, 3, 48, 80)
+    tr = DRANetTranslator(width=8, num_down=2, style_mod=True)
+    c, s = tr.encode(torch.rand(2, 3, 32, 64) * 2 - 1, "source")
+    assert s.shape == (2, 32, 1, 1) and tr.decode(c, s).shape == (2, 3, 32, 64)

@@ -127,7 +127,8 @@ def _build_module(cfg: Config) -> SegmentationModule:
 
 def build_dranet(cfg: Config, common: dict) -> DRANet:
     r = cfg.method.dranet
-    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm)
+    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm,
+                                  style_mod=r.style_mod)
     discriminators = {d: PatchDiscriminator(3, width=r.d_width, num_layers=r.d_layers)
                       for d in ("source", "target")}
     perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,

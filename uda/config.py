@@ -120,12 +120,15 @@ class DRANetConfig:
     temperature `cadt_temperature`. Loss weights w_*; the task network trains on source
     translated to the target style (w_seg_translated) and on raw source (w_seg_source).
     task_to_translator: the translated-image task loss also trains E/S/G (w_task_translator).
+    style_mod: AdaIN-style generator (every stage instance-normalised and re-styled by the style
+    code); gen_norm is then unused.
     content_norm: compare perceptual content on instance-normalised features (per-channel
     statistics are style; without it the content loss opposes the translation).
     Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
     width: int = 32
     num_down: int = 2
     gen_norm: str = "batch"
+    style_mod: bool = False
     d_width: int = 64
     d_layers: int = 3
     gan_loss: str = "lsgan"

@@ -18,24 +18,32 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
+from uda.models.translation import (Encoder, Generator, ModulatedGenerator, Separator,
+                                    cadt_attention, cadt_mix)
 
 
 class DRANetTranslator(nn.Module):
     def __init__(self, width: int = 32, num_down: int = 2, gen_norm: str = "batch",
-                 domains: Sequence[str] = ("source", "target")):
+                 domains: Sequence[str] = ("source", "target"), style_mod: bool = False):
+        """style_mod: the generator is instance-normalised and re-styled by the style code at
+        every stage (AdaIN); gen_norm then does not apply."""
         super().__init__()
         self.encoder = Encoder(3, width=width, num_down=num_down)
         channels = self.encoder.out_channels
         self.separator = Separator(channels, domains)
-        self.generator = Generator(channels, 3, num_up=num_down, norm=gen_norm)
+        self.style_mod = style_mod
+        self.generator = (ModulatedGenerator(channels, channels, 3, num_up=num_down) if style_mod
+                          else Generator(channels, 3, num_up=num_down, norm=gen_norm))
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         content, rest = self.separator(self.encoder(x), domain)
         return content, rest.mean(dim=(2, 3), keepdim=True)
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame."""
+        """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame (and, with style_mod,
+        the code modulating every generator stage)."""
+        if self.style_mod:
+            return self.generator(content + style, style.flatten(1))
         return self.generator(content + style)
 
     @staticmethod

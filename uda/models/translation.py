@@ -174,6 +174,68 @@ class Generator(nn.Module):
         return self.net(feat)
 
 
+class StyleModulation(nn.Module):
+    """x * (1 + gamma(s)) + beta(s) per channel from a style code s (B, S); starts as the
+    identity (zero-initialised), so training begins from the plain decoder."""
+
+    def __init__(self, style_dim: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(style_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(style).chunk(2, dim=1)
+        return x * (1 + gamma[..., None, None]) + beta[..., None, None]
+
+
+class _ModulatedConv(nn.Module):
+    """conv -> instance norm -> style modulation (AdaIN) [-> ReLU]."""
+
+    def __init__(self, cin: int, cout: int, style_dim: int, relu: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.norm = nn.InstanceNorm2d(cout, affine=False)
+        self.mod = StyleModulation(style_dim, cout)
+        self.relu = relu
+
+    def forward(self, x, style):
+        x = self.mod(self.norm(self.conv(x)), style)
+        return torch.relu(x) if self.relu else x
+
+
+class ModulatedGenerator(nn.Module):
+    """Generator whose every stage is instance-normalised and re-styled by the style code
+    (AdaIN, as in MUNIT): a global colour/contrast change of the whole frame is one scale and
+    shift per channel, which an additive code at the input controls only weakly.
+    forward(feat (B,C,h,w), style (B,S)) -> (B, out_channels, h*2^num_up, w*2^num_up) in [-1,1].
+    """
+
+    def __init__(self, channels: int, style_dim: int, out_channels: int = 3, num_up: int = 2,
+                 num_res: int = 2):
+        super().__init__()
+        if channels % (2 ** num_up):
+            raise ValueError(f"channels={channels} is not divisible by 2**num_up={2 ** num_up}")
+        self.res = nn.ModuleList(
+            nn.ModuleList([_ModulatedConv(channels, channels, style_dim),
+                           _ModulatedConv(channels, channels, style_dim, relu=False)])
+            for _ in range(num_res))
+        self.up = nn.ModuleList()
+        c = channels
+        for _ in range(num_up):
+            self.up.append(_ModulatedConv(c, c // 2, style_dim))
+            c //= 2
+        self.out = nn.Conv2d(c, out_channels, 3, 1, 1)
+
+    def forward(self, feat: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = feat
+        for a, b in self.res:
+            x = x + b(a(x, style), style)
+        for stage in self.up:
+            x = stage(F.interpolate(x, scale_factor=2, mode="nearest"), style)
+        return torch.tanh(self.out(x))
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN: image (B, in_channels, H, W) -> real/fake logits (B, 1, h', w').
 
