@@ -28,7 +28,7 @@ from uda.models.sync_bn import convert_sync_batchnorm
 from uda.models.translation import PatchDiscriminator
 from uda.modules.adversarial import OutputSpaceAdversarial
 from uda.modules.dranet import DRANet
-from uda.modules.base import SegmentationModule
+from uda.modules.base import OptimSettings, SegmentationModule
 
 
 def build_dataset(domain, split: str, transform, labelled: bool) -> SegmentationDataset:
@@ -105,8 +105,8 @@ def build_module(cfg: Config) -> SegmentationModule:
 
 def _build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
-    common = dict(max_steps=cfg.trainer.max_steps, optim=o.name, lr=o.lr, momentum=o.momentum,
-                  weight_decay=o.weight_decay, poly_power=o.poly_power,
+    common = dict(max_steps=cfg.trainer.max_steps,
+                  optim=OptimSettings(o.name, o.lr, o.momentum, o.weight_decay, o.poly_power),
                   class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
                   channels_last=cfg.trainer.channels_last,
                   image_mean=tuple(cfg.data.source_transform.mean),

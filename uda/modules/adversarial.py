@@ -11,40 +11,30 @@ discriminator, an auxiliary CE weight and adversarial weight.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from uda.losses import segmentation_ce
 from uda.losses.entropy import self_information
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.models.discriminators import OutputDiscriminator
-from uda.modules.base import SegmentationModule, build_optimizer, poly_lambda
+from uda.modules.base import SegmentationModule
 
 
 class OutputSpaceAdversarial(SegmentationModule):
     optimizer_steps_per_iteration = 2
 
-    def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int,
-                 optim: str = "sgd", lr: float = 2.5e-4, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, poly_power: float = 0.9,
+    def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  d_lr: float = 1e-4, d_width: int = 64, d_input: str = "softmax",
                  gan_loss: str = "vanilla", lambda_adv: float = 1e-3,
                  multi_level: bool = False, lambda_aux_seg: float = 0.1,
-                 lambda_aux_adv: float = 2e-4,
-                 class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
-        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last,
-                         image_mean, image_std)
+                 lambda_aux_adv: float = 2e-4, **common):
+        """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...)."""
+        super().__init__(segmenter, class_names, **common)
         if d_input not in ("softmax", "entropy"):
             raise ValueError(f"d_input must be 'softmax' or 'entropy', got {d_input!r}")
-        self.automatic_optimization = False
-        self.max_steps, self.poly_power = max_steps, poly_power
-        self.optim_args = dict(name=optim, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.d_lr, self.d_input, self.gan_loss = d_lr, d_input, gan_loss
         self.lambda_adv, self.multi_level = lambda_adv, multi_level
         self.lambda_aux_seg, self.lambda_aux_adv = lambda_aux_seg, lambda_aux_adv
@@ -54,10 +44,9 @@ class OutputSpaceAdversarial(SegmentationModule):
             self.discriminators["aux"] = OutputDiscriminator(c, d_width)
 
     def configure_optimizers(self):
-        seg = build_optimizer(self.segmenter.param_groups(self.optim_args["lr"]), **self.optim_args)
+        seg, seg_sched = self.task_optimizer()
         dis = torch.optim.Adam(self.discriminators.parameters(), lr=self.d_lr, betas=(0.9, 0.99))
-        poly = poly_lambda(self.max_steps, self.poly_power)
-        return [seg, dis], [LambdaLR(seg, poly), LambdaLR(dis, poly)]
+        return [seg, dis], [seg_sched, self.poly(dis)]
 
     def d_input_map(self, logits: torch.Tensor) -> torch.Tensor:
         prob = torch.softmax(logits.float(), 1)

@@ -11,6 +11,7 @@ and `configure_optimizers`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
@@ -30,12 +32,23 @@ def poly_lambda(max_steps: int, power: float):
     return lambda it: max(0.0, 1.0 - it / max_steps) ** power
 
 
-def build_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.99), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer '{name}' (method.optim.name: sgd | adam)")
+@dataclass(frozen=True)
+class OptimSettings:
+    """The task network's optimizer: SGD (or Adam with betas (momentum, 0.99)), poly decay."""
+    name: str = "sgd"
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+
+
+def build_optimizer(params, o: OptimSettings):
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=(o.momentum, 0.99),
+                                weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optimizer '{o.name}' (method.optim.name: sgd | adam)")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,13 +59,16 @@ class SegmentationModule(pl.LightningModule):
     #: optimizer.step() calls per training iteration (Lightning's global_step counts those)
     optimizer_steps_per_iteration = 1
 
-    def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
+    def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int = 1,
+                 optim: OptimSettings = OptimSettings(),
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
                  eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),
                  image_std: Sequence[float] = (0.229, 0.224, 0.225)):
         super().__init__()
+        self.automatic_optimization = False  # every recipe reads as explicit optimizer steps
         self.segmenter = segmenter
+        self.max_steps, self.optim = max_steps, optim
         self.channels_last = channels_last
         # the datamodule's normalisation, to show images (panels) and to translate them
         self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
@@ -73,6 +89,15 @@ class SegmentationModule(pl.LightningModule):
         if self.channels_last:
             batch = _to_channels_last(batch)
         return batch
+
+    def poly(self, optimizer) -> LambdaLR:
+        """The poly schedule over `max_steps` iterations (stepped once per iteration)."""
+        return LambdaLR(optimizer, poly_lambda(self.max_steps, self.optim.poly_power))
+
+    def task_optimizer(self):
+        """(optimizer, scheduler) of the segmenter (its param groups: heads at 10x lr)."""
+        opt = build_optimizer(self.segmenter.param_groups(self.optim.lr), self.optim)
+        return opt, self.poly(opt)
 
     #: iterations with a non-finite loss that may be skipped before the run stops (0: none)
     max_nonfinite_skips = 0

@@ -14,11 +14,10 @@ Images from the datamodule are normalised with (mean, std); the translator works
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from uda.losses import segmentation_ce
 from uda.losses.gan import discriminator_loss, generator_loss
@@ -27,7 +26,7 @@ from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
 from uda.models.translation import PatchDiscriminator, cadt_mix
-from uda.modules.base import SegmentationModule, build_optimizer, poly_lambda
+from uda.modules.base import SegmentationModule
 
 DOMAINS = ("source", "target")
 
@@ -35,28 +34,19 @@ DOMAINS = ("source", "target")
 class DRANet(SegmentationModule):
     optimizer_steps_per_iteration = 3
 
-    def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int,
+    def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  translator: DRANetTranslator, discriminators: Mapping[str, nn.Module],
                  perceptual: PerceptualNet, weights: Mapping[str, float],
-                 optim: str = "sgd", lr: float = 2.5e-4, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, poly_power: float = 0.9,
                  lr_translator: float = 2e-4, lr_d: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), gan_loss: str = "lsgan",
                  cadt_temperature: float = 0.1, task_to_translator: bool = False,
-                 content_norm: bool = True,
-                 class_subsets: Mapping[str, Sequence[int]] | None = None,
-                 eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
-        super().__init__(segmenter, class_names, class_subsets, eval_options, channels_last,
-                         image_mean, image_std)
-        self.automatic_optimization = False
+                 content_norm: bool = True, **common):
+        """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...)."""
+        super().__init__(segmenter, class_names, **common)
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
         self.perceptual = perceptual
         self.w = {k: float(v) for k, v in weights.items()}
-        self.max_steps, self.poly_power = max_steps, poly_power
-        self.optim_args = dict(name=optim, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
@@ -83,9 +73,8 @@ class DRANet(SegmentationModule):
     def configure_optimizers(self):
         d = torch.optim.Adam(self.discriminators.parameters(), lr=self.lr_d, betas=self.betas)
         g = torch.optim.Adam(self.translator.parameters(), lr=self.lr_translator, betas=self.betas)
-        seg = build_optimizer(self.segmenter.param_groups(self.optim_args["lr"]), **self.optim_args)
-        poly = poly_lambda(self.max_steps, self.poly_power)
-        return [d, g, seg], [LambdaLR(d, poly), LambdaLR(g, poly), LambdaLR(seg, poly)]
+        seg, seg_sched = self.task_optimizer()
+        return [d, g, seg], [self.poly(d), self.poly(g), seg_sched]
 
     # --- the steps ----------------------------------------------------------------------------
     def translate(self, u_s: torch.Tensor, u_t: torch.Tensor) -> dict[str, torch.Tensor]:
