@@ -55,6 +55,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 from PIL import Image
 
 from .io import write_png_atomic
@@ -465,7 +466,8 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
     pixels = {}
     for split, n in counts.items():
         hist = np.zeros(NUM_CLASSES, np.int64)
-        for i in range(n):
+        for i in tqdm(range(n), desc=f"toy {split}", unit="img", disable=not progress,
+                      file=sys.stderr):
             rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
             sc = _render(height, width, rng, spurious_cue and split == "source")
             img = _style_source(sc, rng, spurious_cue) if split == "source" else _style_target(sc, rng)
@@ -479,8 +481,6 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
                 lab_img.putpalette(palette)
             write_png_atomic(lab_img, lab_path)
             hist += np.bincount(sc.lab.ravel(), minlength=NUM_CLASSES)
-            if progress and ((i + 1) % 100 == 0 or i + 1 == n):
-                print(f"toy {split}: {i + 1}/{n}", file=sys.stderr, flush=True)
         pixels[split] = {name: int(v) for name, v in zip(CLASS_NAMES, hist)}
     present = [c for c in CLASS_NAMES if any(p[c] > 0 for p in pixels.values())]
     cue = {"class": "car", "train_id": CAR, "source_rgb": [255, 0, 0],

@@ -322,7 +322,8 @@ def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_roo
                "data.batch_size=2", "data.source_transform.crop=[32,64]",
                "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
                "method.dranet.d_width=8", "logger.name=wandb", "logger.mode=auto",
-               "logger.panels_every=2", "logger.project=uda-toy", "logger.tags=[toy,test]"])
+               "logger.panels_every=2", "logger.project=uda-toy", "logger.tags=[toy,test]",
+               "logger.log_checkpoints=true"])
     assert rc == 0
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     (run_file,) = offline.glob("run-*.wandb")
@@ -347,3 +348,8 @@ def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_roo
     for key in ("source_to_target", "target_to_source", "val_prediction"):
         assert list(panels.glob(f"{key}*.png")), key
     assert [p for p in env.rglob("*") if "wandb" in str(p).lower()] == []
+    ours = [r.artifact for r, k in zip(records, kinds)
+            if k == "artifact" and r.artifact.name.startswith("model-")]
+    assert ours and all(a.type == "model" for a in ours)
+    assert any("last" in list(a.aliases) for a in ours)
+    assert any("best" in list(a.aliases) for a in ours)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def log_checkpoint_artifact(trainer: pl.Trainer, path: Path, kind: str) -> None:
+    """Log `path` as a wandb model artifact on every WandbLogger (failures only warn)."""
+    from pytorch_lightning.loggers import WandbLogger
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        try:
+            import wandb
+            run = logger.experiment
+            artifact = wandb.Artifact(f"model-{run.id}", type="model",
+                                      metadata={"kind": kind, "file": path.name})
+            artifact.add_file(str(path))
+            run.log_artifact(artifact, aliases=[kind, path.stem])
+        except Exception as e:  # never let logging stop training
+            warnings.warn(f"could not log {path} as a wandb artifact: {e}", RuntimeWarning)
+
+
 class AtomicCheckpoint(pl.Callback):
-    def __init__(self, dirpath: str | Path, config_yaml: str = "", every_n_iterations: int = 0):
+    def __init__(self, dirpath: str | Path, config_yaml: str = "", every_n_iterations: int = 0,
+                 log_artifacts: bool = False):
+        """log_artifacts: also log each written checkpoint as a wandb artifact (rank 0)."""
         self.dirpath = Path(dirpath)
+        self.log_artifacts = log_artifacts
         self.config_yaml = config_yaml
         self.every = every_n_iterations
         self.best = float("-inf")
@@ -59,6 +80,8 @@ class AtomicCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp, weights_only=False)  # all ranks call; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, final)
+            if self.log_artifacts:
+                log_checkpoint_artifact(trainer, final, kind)
         trainer.strategy.barrier("uda-checkpoint")
         return final
 

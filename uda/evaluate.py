@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from tqdm import tqdm
 
 from datamodules.datamodule import UDADataModule
 from datamodules.io import DatasetError, read_rgb
@@ -108,7 +109,7 @@ def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=Non
     options = build.eval_options(cfg)
     written = []
     files = expand_inputs(inputs)
-    for i, f in enumerate(files, 1):
+    for f in tqdm(files, desc="predict", unit="img"):
         image = read_rgb(f)
         x, _ = transform(image, None)
         with torch.no_grad():
@@ -117,5 +118,4 @@ def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=Non
         name = f.name.rsplit(".", 1)[0].removesuffix("_leftImg8bit")
         written.append(write_prediction(pred.numpy().astype(np.uint8), output, name, fmt,
                                         image=image if fmt == "overlay" else None))
-        print(f"[{i}/{len(files)}] {f} -> {written[-1]}", flush=True)
     return written

@@ -105,7 +105,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     report = ResultsReport(f"final weights, {cfg.data.target.dataset} {cfg.data.target_val_split}",
                            run_dir / "results.json", {"checkpoint": "last", "iterations": steps},
                            at_iteration=steps)
-    ckpt = AtomicCheckpoint(run_dir / "checkpoints", config_yaml, cfg.run.checkpoint_every)
+    ckpt = AtomicCheckpoint(run_dir / "checkpoints", config_yaml, cfg.run.checkpoint_every,
+                            log_artifacts=cfg.logger.log_checkpoints)
     stop = GracefulStop(ckpt)
     trainer = build.build_trainer(cfg, run_dir, [ckpt, report, stop],
                                   module.optimizer_steps_per_iteration)

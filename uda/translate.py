@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from datamodules.datasets import DATASETS
 from datamodules.io import write_png_atomic
@@ -62,7 +63,7 @@ def translate(checkpoint, input_root, output, num_styles: int = 16, config_file=
                                         transform=build_transform(mean=t.mean, std=t.std))
     output, root = Path(output), Path(input_root)
     multiple = 2 ** cfg.method.dranet.num_down
-    for i, sample in enumerate(source.samples):
+    for i, sample in enumerate(tqdm(source.samples, desc="translate", unit="img")):
         x = source[i]["image"][None]
         rgb = translate_frame(module, x, bank, multiple)[0].permute(1, 2, 0).numpy()
         rel = sample.image.relative_to(root).with_suffix(".png")
@@ -71,6 +72,4 @@ def translate(checkpoint, input_root, output, num_styles: int = 16, config_file=
             dst = output / sample.label.relative_to(root)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(sample.label, dst)
-        if (i + 1) % 50 == 0 or i + 1 == len(source):
-            print(f"translated {i + 1}/{len(source)}", flush=True)
     return len(source)
