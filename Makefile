@@ -10,7 +10,7 @@ PYTHON_BOOT ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.uda-install-stamp
 TOY_DIR ?= data/toy
-TRAIN_CONFIG ?= configs/toy/source_only.yaml
+TRAIN_CONFIG ?= configs/toy/dranet.yaml
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: install train test toy clean help

@@ -2,9 +2,9 @@
 """Per-iteration training time and peak memory of each method, on synthetic batches.
 
 Sizes: `toy` (the configs/toy settings: crops and batch from the config) and `real`
-(configs/gta5_cityscapes: 512x1024 crops, batch 2 source + 2 target). The recipe runs for
-real (Lightning Trainer, all optimizer steps); only the data are random tensors of the right
-shapes, so no dataset is needed. Time per iteration is the median after `--warmup` iterations.
+(configs/gta5_cityscapes networks and settings, 512x1024 frames, batch 2 source + 2 target).
+The recipe runs for real (Lightning Trainer, all optimizer steps); only the data are random
+tensors of the right shapes, so no dataset is needed. Time per iteration is the median after `--warmup` iterations.
 Peak memory: CUDA max allocated on GPU; process max RSS on CPU (includes everything Python).
 
     python scripts/bench_methods.py --size toy --iters 10
@@ -65,7 +65,7 @@ class IterTimer(pl.Callback):
 
 
 def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, precision: str,
-          channels_last: bool) -> dict:
+          channels_last: bool, crop: tuple[int, int] | None = None) -> dict:
     bench_dir = "toy" if size == "toy" else "gta5_cityscapes"
     extra = []
     if method == "dranet" and size == "real":  # random VGG weights: timing only
@@ -79,7 +79,7 @@ def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, pre
                       ["data.source.root=/unused", "data.target.root=/unused",
                        f"trainer.max_steps={iters}", f"trainer.precision={precision}",
                        f"trainer.channels_last={str(channels_last).lower()}", *extra])
-    crop = tuple(cfg.data.source_transform.crop)
+    crop = crop or tuple(cfg.data.source_transform.crop)
     b = cfg.data.batch_size
     dm = UDADataModule(RandomFrames(64, crop, True), RandomFrames(64, crop, False),
                        RandomFrames(2, crop, True), batch_size=b, num_workers=0)
@@ -109,12 +109,17 @@ def main() -> int:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--crop", default=None, help="HxW frames (default: the config's crop for "
+                   "toy, 512x1024 for real)")
     a = p.parse_args()
+    crop = tuple(int(v) for v in a.crop.split("x")) if a.crop else (
+        (512, 1024) if a.size == "real" else None)
     device = torch.cuda.get_device_name() if a.accelerator == "gpu" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {device}; precision {a.precision}; channels_last {a.channels_last}")
     print(f"{'method':<12} {'size':<24} {'s/iter':>8} {'peak MiB':>9}  (median of {a.iters - a.warmup} iters)")
     for method in a.methods.split(","):
-        r = bench(method, a.size, a.iters, a.warmup, a.accelerator, a.precision, a.channels_last)
+        r = bench(method, a.size, a.iters, a.warmup, a.accelerator, a.precision, a.channels_last,
+                  crop)
         print(f"{r['method']:<12} {r['size']:<24} {r['s_per_iter']:>8.3f} {r['peak_mib']:>9.0f}",
               flush=True)
     return 0
