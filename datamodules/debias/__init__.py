@@ -1,0 +1,16 @@
+"""Debiasing augmentations: sample mixing (Mixup, CutMix, ClassMix/DACS), mean-teacher
+pseudo-labels, Learning-from-Failure weights, SelecMix pair selection, rare-class sampling.
+
+Pure tensor functions seeded by a `torch.Generator`; labels are class labels (B,) or masks
+(B,H,W) with 255 = ignore. See each module's docstring for the contracts.
+"""
+from datamodules.debias.lff import LfFWeights, gce_loss
+from datamodules.debias.mixing import (class_mix_mask, classmix, cutmix, ema_update_, mixed_loss,
+                                       mixup, pseudo_label, sample_beta)
+from datamodules.debias.sampling import (RareClassSampler, class_pixel_counts,
+                                         rare_class_probabilities)
+from datamodules.debias.selecmix import select_contradicting, selecmix
+
+__all__ = ["LfFWeights", "gce_loss", "class_mix_mask", "classmix", "cutmix", "ema_update_",
+           "mixed_loss", "mixup", "pseudo_label", "sample_beta", "RareClassSampler",
+           "class_pixel_counts", "rare_class_probabilities", "select_contradicting", "selecmix"]
