@@ -125,3 +125,15 @@ def test_bf16_mixed_and_channels_last_run(toy_root, tmp_path, method):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert module.last_results is not None
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_progress_bar_counts_iterations_not_optimizer_steps(toy_root, tmp_path):
+    from uda.callbacks import IterationProgressBar
+    cfg = shrunk(toy_root, tmp_path, "dranet", "trainer.progress_bar=true", "trainer.max_steps=3",
+                 "logger.name=none")
+    module, dm = build.build_module(cfg), build.build_datamodule(cfg)
+    trainer = build.build_trainer(cfg, tmp_path, [], module.optimizer_steps_per_iteration)
+    (bar,) = [c for c in trainer.callbacks if isinstance(c, IterationProgressBar)]
+    trainer.fit(module, datamodule=dm)
+    assert trainer.max_steps == 9 and bar.total_train_batches == 3
+    assert bar.train_progress_bar.total == 3 and bar.train_progress_bar.n == 3

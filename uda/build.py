@@ -17,7 +17,7 @@ from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
 from uda import logging_setup
-from uda.callbacks import IoUTable, SyncBuffers
+from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
 from uda.config import Config
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import load_matching_weights
@@ -185,7 +185,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_checkpointing=False, enable_model_summary=False, logger=logger,
-        callbacks=[SyncBuffers(), *callbacks], default_root_dir=str(run_dir),
+        callbacks=[SyncBuffers(), *callbacks, *([IterationProgressBar()] if t.progress_bar else [])],
+        default_root_dir=str(run_dir),
         use_distributed_sampler=False,
         # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)

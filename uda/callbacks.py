@@ -6,6 +6,7 @@ import threading
 
 import pytorch_lightning as pl
 import torch.distributed as dist
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from uda.models.sync_bn import broadcast_buffers_
 
@@ -71,3 +72,14 @@ class IoUTable(pl.Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if wandb_loggers:
             log_iou_table(wandb_loggers, pl_module.last_results, pl_module.iteration)
+
+
+class IterationProgressBar(TQDMProgressBar):
+    """Lightning's bar counts the training total in optimizer steps when the loader is
+    infinite (DRANet: 3 per iteration), which triples the total and the ETA; this one counts
+    training iterations."""
+
+    @property
+    def total_train_batches(self):
+        module = self.trainer.lightning_module
+        return self.trainer.max_steps // getattr(module, "optimizer_steps_per_iteration", 1)
