@@ -75,6 +75,8 @@ def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, pre
         extra.append(f"method.dranet.perceptual_weights={w}")
     if method == "adversarial" and size == "real":
         extra += ["model.multi_level=true"]
+    if size == "real":  # random weights: frozen BN statistics would not normalise (NaN loss)
+        extra += ["model.freeze_bn=false"]
     cfg = load_config(REPO / "configs" / bench_dir / f"{method if method != 'oracle' else 'source_only'}.yaml",
                       ["data.source.root=/unused", "data.target.root=/unused",
                        f"trainer.max_steps={iters}", f"trainer.precision={precision}",
