@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -23,6 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import free_port
 from datamodules.debias import (LfFWeights, RareClassSampler, class_mix_mask, class_pixel_counts,
                                 classmix, cutmix, ema_update_, gce_loss, mixed_loss, mixup,
                                 pseudo_label, rare_class_probabilities, select_contradicting,
@@ -408,16 +408,12 @@ def _ddp_worker(rank: int, port: int, out: Path) -> None:
         raise SystemExit(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.ddp
 def test_lff_all_reduce_two_ranks(tmp_path):
     ctx = mp.get_context("fork")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(r, port, tmp_path)) for r in range(WORLD)]
     for p in procs:
         p.start()

@@ -2,14 +2,13 @@
 2-node job simulated on loopback (two launches, static rendezvous on 127.0.0.1)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 SCRIPT = REPO / "scripts" / "train_multigpu.sh"
 
@@ -47,9 +46,7 @@ def test_torchrun_two_processes(toy_root, tmp_path):
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_nodes_on_loopback(toy_root, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run = tmp_path / "run"
     procs = [subprocess.Popen(
         ["bash", str(SCRIPT), "1", str(REPO / "configs/toy/source_only.yaml"), *overrides(toy_root)],

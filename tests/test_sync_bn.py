@@ -19,7 +19,6 @@ What is compared (atol 1e-5, rtol 1e-5 unless stated):
 from __future__ import annotations
 
 import copy
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import free_port
 from uda.models import SmallSegNet
 from uda.models.sync_bn import AllReduceBatchNorm2d, broadcast_buffers_, convert_sync_batchnorm
 
@@ -185,10 +185,6 @@ def _worker(rank: int, port: int, out: Path) -> None:
         raise SystemExit(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +192,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     """Results of both ranks (one launch shared by all multi-process tests)."""
     out = tmp_path_factory.mktemp("sync_bn")
     ctx = mp.get_context("fork")  # ~1 s start-up; the worker is module level, spawn works too
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, out)) for r in range(WORLD)]
     for p in procs:
         p.start()
