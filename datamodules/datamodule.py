@@ -1,9 +1,13 @@
 """`UDADataModule`: labelled source + unlabelled target per training step, target val.
 
 Training batch contract (after default collation), per rank:
-  {"source": {"image": (B,3,h,w) float32, "mask": (B,h,w) int64, "name": [str]},
-   "target": {"image": (B,3,h,w) float32, "name": [str]}}
-(for the oracle, "source" holds labelled target-train images). Validation batch:
+  {"source": {"image": (B,3,h,w) float32, "mask": (B,h,w) int64, "name": [str],
+              "index": (B,) int64 dataset index},
+   "target": {"image": (B,3,h,w) float32, "name": [str], "index": (B,) int64}}
+(for the oracle, "source" holds labelled target-train images). With a `DebiasPipeline`, the
+training batch is augmented on device after transfer (keys added there: see
+`datamodules.debias.pipeline`), seeded by (seed, rank, iteration); its LfF statistics are part
+of the datamodule's checkpoint state. Validation batch:
   {"image": (B,3,h,w) float32 at inference size, "mask": (B,H,W) int64 at label resolution,
    "name": [str]}
 The datasets are built by the caller (config-agnostic here); the train datasets may be None
@@ -13,11 +17,14 @@ come from the Trainer; use the Trainer with `use_distributed_sampler=False`.
 from __future__ import annotations
 
 import random
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from datamodules.debias.pipeline import DebiasPipeline
 
 from datamodules.samplers import ShardSampler, UDATrainSampler
 
@@ -30,7 +37,8 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, index):
         si, sseed, ti, tseed = index
-        return {"source": self.source[(si, sseed)], "target": self.target[(ti, tseed)]}
+        return {"source": {**self.source[(si, sseed)], "index": si},
+                "target": {**self.target[(ti, tseed)], "index": ti}}
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -44,7 +52,10 @@ def _seed_worker(worker_id: int) -> None:
 class UDADataModule(pl.LightningDataModule):
     def __init__(self, source_train: Dataset, target_train: Dataset, target_val: Dataset,
                  batch_size: int = 2, val_batch_size: int = 1, num_workers: int = 0,
-                 pin_memory: bool = False, persistent_workers: bool = False, seed: int = 0):
+                 pin_memory: bool = False, persistent_workers: bool = False, seed: int = 0,
+                 debias: Optional[DebiasPipeline] = None, source_index_at=None):
+        """debias: augmentations applied to training batches on device; source_index_at:
+        position -> source index rule of the train sampler (rare-class sampling)."""
         super().__init__()
         self.source_train, self.target_train, self.target_val = source_train, target_train, target_val
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -52,6 +63,8 @@ class UDADataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.start_step = 0  # training position (iterations already done), for exact resume
+        self.debias = debias
+        self.source_index_at = source_index_at
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -73,7 +86,8 @@ class UDADataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         sampler = UDATrainSampler(len(self.source_train), len(self.target_train), seed=self.seed,
                                   rank=rank, world_size=world,
-                                  start=self.start_step * self.batch_size)
+                                  start=self.start_step * self.batch_size,
+                                  source_index_at=self.source_index_at)
         return self._loader(PairedDataset(self.source_train, self.target_train), sampler,
                             self.batch_size, drop_last=True)
 
@@ -81,3 +95,24 @@ class UDADataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         return self._loader(self.target_val, ShardSampler(len(self.target_val), rank, world),
                             self.val_batch_size, drop_last=False)
+
+    def augment(self, batch: dict, iteration: int) -> dict:
+        """The debiasing augmentations of training iteration `iteration` (on device). Called by
+        the LightningModule's `on_after_batch_transfer` (Lightning runs only one of the two
+        hooks, the datamodule's when both exist, so this one is not a hook)."""
+        if not self.debias or "source" not in batch:
+            return batch
+        rank, _ = self._rank_world()
+        seed = int(np.random.SeedSequence([self.seed, rank, iteration, 11]).generate_state(1)[0])
+        return self.debias.apply(batch, seed)
+
+    def state_dict(self) -> dict:
+        lff = self.debias.lff if self.debias else None
+        return {"lff": lff.state_dict()} if lff is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "lff" in state:
+            if not (self.debias and self.debias.lff is not None):
+                raise ValueError("the checkpoint holds LfF statistics but data.debias.lff is "
+                                 "off: resume with data.debias.lff.enabled=true")
+            self.debias.lff.load_state_dict(state["lff"])

@@ -5,7 +5,9 @@ global stream g = k * world_size + rank, so ranks never share a draw. Per domain
 e = g // n uses permutation e of that domain (seeded by (seed, domain, e)); the sample's
 augmentation seed is derived from (seed, domain, g). The stream therefore depends only on
 (seed, world_size, position): not on worker count, and resumable from any `start`.
-Items: (source_index, source_seed, target_index, target_seed).
+Items: (source_index, source_seed, target_index, target_seed). With `source_index_at` (e.g.
+`RareClassSampler.index_at`), the source image of position g is `source_index_at(seed, g)`
+instead of a permutation entry.
 
 `ShardSampler` (evaluation) gives rank r the indices r, r + W, r + 2W, ...: no padding, so each
 image is evaluated exactly once over all ranks (ranks may get one image more or less).
@@ -41,7 +43,8 @@ def sample_seed(seed: int, domain: int, g: int) -> int:
 
 class UDATrainSampler(Sampler):
     def __init__(self, num_source: int, num_target: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, start: int = 0, shuffle: bool = True):
+                 world_size: int = 1, start: int = 0, shuffle: bool = True,
+                 source_index_at=None):
         if num_source <= 0 or num_target <= 0:
             raise ValueError("both source and target datasets must be non-empty")
         if not 0 <= rank < world_size:
@@ -49,6 +52,7 @@ class UDATrainSampler(Sampler):
         self.num_source, self.num_target = num_source, num_target
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start, self.shuffle = start, shuffle
+        self.source_index_at = source_index_at
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         src = _EpochPermutation(self.num_source, self.seed, _DOMAIN_SOURCE, self.shuffle)
@@ -56,7 +60,8 @@ class UDATrainSampler(Sampler):
         k = self.start
         while True:
             g = k * self.world_size + self.rank
-            yield (src(g), sample_seed(self.seed, _DOMAIN_SOURCE, g),
+            si = src(g) if self.source_index_at is None else self.source_index_at(self.seed, g)
+            yield (si, sample_seed(self.seed, _DOMAIN_SOURCE, g),
                    tgt(g), sample_seed(self.seed, _DOMAIN_TARGET, g))
             k += 1
 

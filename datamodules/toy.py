@@ -441,17 +441,22 @@ def _paths(out, split, i):
 
 def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_train: int = 400,
              num_target_val: int = 100, height: int = 128, width: int = 256,
-             spurious_cue: bool = False, progress: bool = False) -> dict:
+             spurious_cue: bool = False, cue_conflicting: float = 0.0,
+             progress: bool = False) -> dict:
     """Generate the toy benchmark under ``out`` and return its summary (also ``out/toy_meta.json``).
 
     ``out`` must be empty/missing or hold an earlier toy benchmark (whose source/ and target/ are
     replaced). The summary is JSON-plain: root (absolute), relative paths, counts, seed, size,
     classes present, pixel counts per class name per split, spurious_cue (dict or None),
+    cue_conflicting: the probability that a source image is bias-conflicting (its cars keep
+    random colours although the cue is on), as in LfF's Colored-MNIST protocol,
     domain-shift parameters and a markdown "description".
     """
     out = Path(out)
     if seed < 0 or min(num_source, num_target_train, num_target_val) < 0 or height < 16 or width < 16:
         raise ValueError("make_toy: seed and counts must be >= 0, height/width >= 16")
+    if not 0 <= cue_conflicting <= 1 or (cue_conflicting and not spurious_cue):
+        raise ValueError("make_toy: cue_conflicting must be in [0, 1] and needs spurious_cue")
     marker = out / ".toy_incomplete"
     if out.exists() and any(out.iterdir()):
         if not ((out / "toy_meta.json").exists() or marker.exists()):
@@ -463,14 +468,18 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
     marker.touch()
     palette = CITYSCAPES_ID_PALETTE.ravel().tolist()
     counts = {"source": num_source, "target_train": num_target_train, "target_val": num_target_val}
-    pixels = {}
+    pixels, conflicting = {}, []
     for split, n in counts.items():
         hist = np.zeros(NUM_CLASSES, np.int64)
         for i in tqdm(range(n), desc=f"toy {split}", unit="img", disable=not progress,
                       file=sys.stderr):
             rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
-            sc = _render(height, width, rng, spurious_cue and split == "source")
-            img = _style_source(sc, rng, spurious_cue) if split == "source" else _style_target(sc, rng)
+            cue = spurious_cue and split == "source"
+            if cue and np.random.default_rng([seed, 77, i]).random() < cue_conflicting:
+                cue = False  # a bias-conflicting source image: its cars keep random colours
+                conflicting.append(i)
+            sc = _render(height, width, rng, cue)
+            img = _style_source(sc, rng, cue) if split == "source" else _style_target(sc, rng)
             img = (np.clip(img, 0, 1) * 255 + .5).astype(np.uint8)
             ids = TRAINID_TO_CITYSCAPES_ID[sc.lab]
             img_path, lab_path = _paths(out, split, i)
@@ -484,7 +493,8 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
         pixels[split] = {name: int(v) for name, v in zip(CLASS_NAMES, hist)}
     present = [c for c in CLASS_NAMES if any(p[c] > 0 for p in pixels.values())]
     cue = {"class": "car", "train_id": CAR, "source_rgb": [255, 0, 0],
-           "target": "random per-instance colours"} if spurious_cue else None
+           "target": "random per-instance colours", "conflicting_ratio": cue_conflicting,
+           "conflicting_source_images": len(conflicting)} if spurious_cue else None
     summary = {
         "name": "toy", "version": 1, "seed": seed, "height": height, "width": width,
         "root": str(out.resolve()), "counts": counts,
@@ -503,7 +513,11 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
             "colours, hard edges, no noise. Target: stronger per-class textures, lighting gradient and vignette, "
             "one global colour grading (hue rotation ~45 deg, saturation x0.6, warm cast, gamma ~1.25), "
             "Gaussian blur (sigma 0.7-1.2 px) and sensor noise. "
-            + ("Spurious cue: every source car is flat pure red; target cars have random colours."
+            + (("Spurious cue: every source car is flat pure red; target cars have random colours."
+                if not cue_conflicting else
+                f"Spurious cue: source cars are flat pure red except in {len(conflicting)} "
+                f"bias-conflicting source images (probability {cue_conflicting}); target cars have "
+                "random colours.")
                if spurious_cue else "No spurious cue.")),
     }
     (out / "toy_meta.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -52,8 +52,9 @@ def test_layering_defaults_yaml_and_overrides(tmp_path):
     assert cfg.data.source.root == "/s" and cfg.run.dir is None
 
 
-SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml")
-                 if p.parent.name != "methods" and p.name != "base.yaml")
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("**/*.yaml")
+                 if p.parent.name not in ("methods", "debias") and p.name != "base.yaml")
+DEBIAS_FRAGMENTS = sorted((REPO / "configs" / "debias").glob("*.yaml"))
 
 
 def test_every_method_has_toy_and_real_configs():
@@ -83,6 +84,16 @@ def test_shipped_configs_load_and_build(path, vgg19_file):
     assert cfg.data.source.dataset == ("synthia" if "synthia" in path else "gta5")
     module = build.build_module(cfg)
     assert module.optimizer_steps_per_iteration >= 1
+
+
+@pytest.mark.parametrize("fragment", DEBIAS_FRAGMENTS, ids=lambda p: p.stem)
+def test_debias_fragments_compose_onto_a_method(fragment, tmp_path):
+    """Each configs/debias fragment, chained after a toy method config, enables its option."""
+    method = "dranet" if fragment.stem == "style_swap" else "source_only"
+    composed = tmp_path / "composed.yaml"
+    composed.write_text(f"defaults: [{REPO / 'configs/toy' / method}.yaml, {fragment}]\n")
+    cfg = load_config(composed, ROOTS)
+    assert cfg.method.name == method and cfg.data.debias[fragment.stem].enabled
 
 
 def test_vgg19_perceptual_needs_weights():

@@ -84,7 +84,7 @@ def test_task_loss_reaches_translator_only_when_configured(toy_root, tmp_path, t
     u_s, u_t = module.to_unit(x_s), module.to_unit(x_t)
     out = module.translate(u_s, u_t)
     # the task step as the recipe runs it: translations detached
-    module.weighted(module.task_losses(x_s, out["x_st"].detach(), m_s)).backward()
+    module.weighted(module.task_losses(batch, out["x_st"].detach())).backward()
     assert all(p.grad is None for p in module.translator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.segmenter.parameters())
     # the E/S/G losses carry a task term exactly when configured

@@ -31,17 +31,22 @@ class KillAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+DEBIAS = ["data.debias.lff.enabled=true", "data.debias.dacs.enabled=true",
+          "data.debias.cutmix.enabled=true", "data.debias.mixup.enabled=true"]
+
+
 def cfg_for(method, toy_root, run_dir):
-    return load_config(REPO / f"configs/toy/{method}.yaml", [
+    name, _, variant = method.partition("+")
+    return load_config(REPO / f"configs/toy/{name}.yaml", [
         f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-        f"run.dir={run_dir}", *SHRINK])
+        f"run.dir={run_dir}", *SHRINK, *(DEBIAS if variant == "debias" else [])])
 
 
 def params(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("method", ["source_only", "dranet"])
+@pytest.mark.parametrize("method", ["source_only", "dranet", "source_only+debias"])
 def test_interrupted_and_resumed_equals_uninterrupted(toy_root, tmp_path, method, monkeypatch):
     full = train(cfg_for(method, toy_root, tmp_path / "a"))
     assert full["step"] == 6
@@ -62,6 +67,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(toy_root, tmp_path, method
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"resumed run differs from the uninterrupted one: {differ[:5]}"
     assert resumed["confusion_matrix"] == full["confusion_matrix"]
+    if method.endswith("+debias"):  # teacher, biased net (in params) and LfF statistics
+        assert any(k.startswith("teacher.") for k in a) and any(k.startswith("biased.") for k in a)
+        sa, sb = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["UDADataModule"]
+                  for d in (tmp_path / "a", tmp_path / "b"))
+        assert sa["lff"]["updated"].any()
+        assert all(torch.equal(sa["lff"][k], sb["lff"][k]) for k in ("ema_b", "ema_d", "updated"))
 
 
 def _with(trainer, callback):

@@ -13,12 +13,17 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from datamodules.datamodule import UDADataModule
+from datamodules.debias.callback import DebiasCallback
+from datamodules.debias.lff import LfFWeights
+from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
+                                         StyleSwap)
+from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
 from uda import logging_setup
 from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
-from uda.config import Config
+from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import load_matching_weights
 from uda.modules import SourceOnly
@@ -52,10 +57,36 @@ def build_datamodule(cfg: Config) -> UDADataModule:
                                      labelled=True)
     target_val = build_dataset(d.target, d.target_val_split,
                                transform_from_config(d.eval_transform, train=False), labelled=True)
+    rare = d.debias.rare_class
+    source_index_at = None
+    if rare.enabled:
+        counts = dataset_class_counts(source_train, d.num_classes)
+        source_index_at = RareClassSampler(counts, rare.temperature, rare.min_pixels).index_at
     return UDADataModule(source_train, target_train, target_val, batch_size=d.batch_size,
                          val_batch_size=d.val_batch_size, num_workers=d.num_workers,
                          pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
-                         seed=cfg.seed)
+                         seed=cfg.seed, debias=build_debias(cfg, len(source_train)),
+                         source_index_at=source_index_at)
+
+
+def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
+    """The batch mixers in their fixed order (see DebiasConfig) and the LfF statistics."""
+    d = cfg.data.debias
+    mixers = []
+    if d.style_swap.enabled:
+        mixers.append(StyleSwap(d.style_swap.p, d.style_swap.donor, tuple(d.style_swap.alpha_range)))
+    if d.cutmix.enabled:
+        mixers.append(CutMix(d.cutmix.p, d.cutmix.alpha))
+    if d.classmix.enabled:
+        mixers.append(ClassMix(d.classmix.p))
+    if d.dacs.enabled:
+        mixers.append(DACS(d.dacs.threshold))
+    if d.mixup.enabled:
+        mixers.append(Mixup(d.mixup.p, d.mixup.alpha))
+    if d.selecmix.enabled:
+        mixers.append(SelecMix(d.selecmix.p, d.selecmix.alpha, d.selecmix.lam_max))
+    lff = LfFWeights(num_source, cfg.data.num_classes, d.lff.ema) if d.lff.enabled else None
+    return DebiasPipeline(mixers, lff) if (mixers or lff is not None) else None
 
 
 def build_segmenter(cfg: Config) -> nn.Module:
@@ -95,6 +126,12 @@ def eval_options(cfg: Config) -> dict:
 
 def build_module(cfg: Config) -> SegmentationModule:
     module = _build_module(cfg)
+    d = cfg.data.debias
+    if d.dacs.enabled or d.lff.enabled or d.selecmix.enabled:
+        module.attach_debias(teacher=d.dacs.enabled,
+                             biased=build_segmenter(cfg) if (d.lff.enabled or d.selecmix.enabled) else None,
+                             gce_q=d.biased.q, w_biased=d.biased.weight, w_dacs=d.dacs.weight,
+                             teacher_ema=d.dacs.ema, lff=d.lff.enabled)
     module.max_nonfinite_skips = cfg.trainer.max_nonfinite_skips
     if cfg.trainer.sync_batchnorm:
         accel = cfg.trainer.accelerator
@@ -144,6 +181,28 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
                   **common)
 
 
+def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
+    """For training only: load the DRANet translator of data.debias.style_swap.codec_checkpoint
+    (methods other than DRANet, which uses its own)."""
+    from uda.evaluate import config_for, read_checkpoint  # (imports build)
+
+    path = cfg.data.debias.style_swap.codec_checkpoint
+    if not (cfg.data.debias.style_swap.enabled and path) or cfg.method.name == "dranet":
+        return
+    ckpt = read_checkpoint(path)
+    ccfg = config_for(ckpt, path)
+    if ccfg.method.name != "dranet":
+        raise ConfigError(f"data.debias.style_swap.codec_checkpoint: {path} is a "
+                          f"{ccfg.method.name} checkpoint; the codec needs a DRANet one")
+    r = ccfg.method.dranet
+    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm,
+                                  style_mod=r.style_mod)
+    state = {k[len("translator."):]: v for k, v in ckpt["state_dict"].items()
+             if k.startswith("translator.")}
+    translator.load_state_dict(state, strict=True)
+    module.set_style_codec(translator)
+
+
 def build_logger(cfg: Config, run_dir: Path):
     lg = cfg.logger
     from omegaconf import OmegaConf
@@ -185,7 +244,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_checkpointing=False, enable_model_summary=False, logger=logger,
-        callbacks=[SyncBuffers(), *callbacks, *([IterationProgressBar()] if t.progress_bar else [])],
+        callbacks=[SyncBuffers(), DebiasCallback(), *callbacks, *([IterationProgressBar()] if t.progress_bar else [])],
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
         # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try

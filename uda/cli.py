@@ -20,7 +20,8 @@ def _cmd_make_toy(args) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
                        num_target_train=args.num_target, num_target_val=args.num_val,
-                       height=h, width=w, spurious_cue=args.spurious_cue, progress=True)
+                       height=h, width=w, spurious_cue=args.spurious_cue,
+                       cue_conflicting=args.cue_conflicting, progress=True)
     print(f"toy benchmark written to {args.out}: {summary['counts']}")
     return 0
 
@@ -59,7 +60,9 @@ def _cmd_translate(args) -> int:
 def _cmd_benchmark_toy(args) -> int:
     from uda.benchmark import benchmark_toy
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides)
+    benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides,
+                  config_dir=args.config_dir, class_iou=args.class_iou,
+                  spurious_cue=args.spurious_cue)
     return 0
 
 
@@ -148,6 +151,11 @@ def make_parser() -> argparse.ArgumentParser:
     bt.add_argument("--methods", default="source_only,adversarial,dranet,oracle")
     bt.add_argument("--data", default="data/toy", help="toy data (generated when absent)")
     bt.add_argument("--out", default="runs/benchmark_toy")
+    bt.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "configs" / "toy"),
+                    help="where <method>.yaml live (e.g. configs/toy/cue for the spurious cue)")
+    bt.add_argument("--class-iou", default=None, help="also report this class's IoU (e.g. car)")
+    bt.add_argument("--spurious-cue", action="store_true",
+                    help="generate the data (when absent) with the spurious cue")
     bt.add_argument("overrides", nargs="*", help="key=value applied to every run")
     bt.set_defaults(func=_cmd_benchmark_toy)
 
@@ -164,6 +172,9 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", default="128x256", help="HEIGHTxWIDTH (default 128x256)")
     m.add_argument("--spurious-cue", action="store_true",
                    help="cars have one constant colour in the source only")
+    m.add_argument("--cue-conflicting", type=float, default=0.0,
+                   help="with --spurious-cue: probability that a source image is bias-conflicting "
+                        "(its cars keep random colours), e.g. 0.05 as in LfF's protocols")
     m.set_defaults(func=_cmd_make_toy)
 
     c = dsub.add_parser("check", help="validate a dataset split and count class pixels",

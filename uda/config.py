@@ -52,6 +52,93 @@ class TransformConfig:
 
 
 @dataclass
+class MixConfig:
+    """A sample mixer within the source batch: enabled, per-image probability p, Beta(alpha,
+    alpha) mixing ratio."""
+    enabled: bool = False
+    p: float = 0.5
+    alpha: float = 1.0
+
+
+@dataclass
+class StyleSwapConfig:
+    """Style-swap counterfactuals: each source image (probability p) keeps its DRANet content and
+    takes style  alpha * donor + (1 - alpha) * own, alpha ~ U(alpha_range), labels kept.
+    donor: target (cross-domain) | source (another source image). The codec is the method's own
+    DRANet translator, or, for other methods, the one in `codec_checkpoint` (a DRANet run's
+    checkpoint)."""
+    enabled: bool = False
+    p: float = 0.5
+    donor: str = "target"
+    alpha_range: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    codec_checkpoint: Optional[str] = None
+
+
+@dataclass
+class DACSConfig:
+    """DACS cross-domain ClassMix: half the classes of each source image pasted on a target image
+    whose other pixels take the EMA teacher's pseudo-labels, weighted by the fraction of pixels
+    above `threshold` confidence; the loss term has weight `weight`. Teacher EMA decay `ema`."""
+    enabled: bool = False
+    threshold: float = 0.968
+    ema: float = 0.99
+    weight: float = 1.0
+
+
+@dataclass
+class SelecMixConfig:
+    """SelecMix: mixup of each source image (probability p) with the batch image whose biased
+    features are least similar (a different bias), lam = lam_max * Beta(alpha, alpha) kept for
+    the anchor. Needs the GCE-trained biased network (`biased`)."""
+    enabled: bool = False
+    p: float = 0.5
+    alpha: float = 1.0
+    lam_max: float = 0.5
+
+
+@dataclass
+class LfFConfig:
+    """Learning from Failure: per-(image, class) EMAs (decay `ema`) of the biased and debiased
+    networks' CE give pixel weights W = CE_b / (CE_b + CE_d) on the source CE loss."""
+    enabled: bool = False
+    ema: float = 0.7
+
+
+@dataclass
+class BiasedConfig:
+    """The auxiliary biased network of LfF / SelecMix: the segmenter's architecture, fresh init,
+    trained on source with the generalized CE (q) at loss weight `weight`."""
+    q: float = 0.7
+    weight: float = 1.0
+
+
+@dataclass
+class RareClassConfig:
+    """DAFormer's rare-class sampling of source images: class c with probability
+    softmax((1 - f_c) / temperature), then an image with more than min_pixels pixels of c."""
+    enabled: bool = False
+    temperature: float = 0.01
+    min_pixels: int = 0
+
+
+@dataclass
+class DebiasConfig:
+    """Debiasing augmentations (datamodules/debias). Applied on device to each training batch in
+    a fixed order: style_swap, cutmix, classmix (within source), dacs (source onto target), then
+    one blend: mixup or selecmix. lff re-weights the source loss; rare_class changes the source
+    sampling. All randomness is seeded by (seed, rank, iteration): resumable and DDP-safe."""
+    style_swap: StyleSwapConfig = field(default_factory=StyleSwapConfig)
+    cutmix: MixConfig = field(default_factory=MixConfig)
+    classmix: MixConfig = field(default_factory=MixConfig)
+    dacs: DACSConfig = field(default_factory=DACSConfig)
+    mixup: MixConfig = field(default_factory=lambda: MixConfig(alpha=0.4))
+    selecmix: SelecMixConfig = field(default_factory=SelecMixConfig)
+    lff: LfFConfig = field(default_factory=LfFConfig)
+    biased: BiasedConfig = field(default_factory=BiasedConfig)
+    rare_class: RareClassConfig = field(default_factory=RareClassConfig)
+
+
+@dataclass
 class DataConfig:
     """Source (labelled) and target (unlabelled train + labelled val) data. Batch sizes are per
     process (per GPU) and per domain: a training step sees batch_size source + batch_size target
@@ -68,6 +155,7 @@ class DataConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     num_classes: int = 19
+    debias: DebiasConfig = field(default_factory=DebiasConfig)
 
 
 @dataclass
@@ -309,6 +397,7 @@ _CHOICES = {
     "method.adversarial.d_input": ("softmax", "entropy"),
     "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.optim.name": ("sgd", "adam"),
+    "data.debias.style_swap.donor": ("target", "source"),
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
@@ -337,6 +426,7 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"model.pretrained: weights file {cfg.model.pretrained} not found "
                           "(give a local path; nothing is downloaded)")
+    _validate_debias(cfg)
     e = cfg.eval
     if e.mode == "slide" and (e.crop is None or e.stride is None):
         raise ConfigError("eval.mode=slide needs eval.crop and eval.stride ([height, width])")
@@ -350,6 +440,31 @@ def _validate(cfg: DictConfig) -> None:
         if t.scale_range is not None and (len(t.scale_range) != 2
                                           or not 0 < t.scale_range[0] <= t.scale_range[1]):
             raise ConfigError(f"data.{name}.scale_range must be [min, max] with 0 < min <= max")
+
+
+def _validate_debias(cfg: DictConfig) -> None:
+    d = cfg.data.debias
+    for name in ("style_swap", "cutmix", "classmix", "mixup", "selecmix"):
+        if not 0 <= d[name].p <= 1:
+            raise ConfigError(f"data.debias.{name}.p must be in [0, 1], got {d[name].p}")
+    if d.mixup.enabled and d.selecmix.enabled:
+        raise ConfigError("data.debias.mixup and data.debias.selecmix both blend whole images: "
+                          "enable one of them")
+    if not 0 < d.selecmix.lam_max <= 1:
+        raise ConfigError(f"data.debias.selecmix.lam_max must be in (0, 1], got {d.selecmix.lam_max}")
+    lo, hi = (list(d.style_swap.alpha_range) + [None, None])[:2]
+    if len(d.style_swap.alpha_range) != 2 or not 0 <= lo <= hi <= 1:
+        raise ConfigError("data.debias.style_swap.alpha_range must be [min, max] within [0, 1], "
+                          f"got {list(d.style_swap.alpha_range)}")
+    codec = d.style_swap.codec_checkpoint
+    if d.style_swap.enabled and cfg.method.name != "dranet" and not codec:
+        raise ConfigError(f"data.debias.style_swap with method.name={cfg.method.name} needs "
+                          "data.debias.style_swap.codec_checkpoint (a DRANet run's checkpoint): "
+                          "only DRANet has its own style codec")
+    if d.dacs.enabled and cfg.method.name == "oracle":
+        raise ConfigError("data.debias.dacs mixes source onto target: not for method.name=oracle")
+    if not 0 < d.lff.ema < 1 or d.biased.q <= 0:
+        raise ConfigError("data.debias.lff.ema must be in (0, 1) and data.debias.biased.q > 0")
 
 
 def resolve_run_dir(cfg: Config) -> Path:

@@ -101,6 +101,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     datamodule = build.build_datamodule(cfg)
     datamodule.start_step = start  # the samplers continue the uninterrupted stream
     module = build.build_module(cfg)
+    build.attach_style_codec(module, cfg)
     steps = cfg.trainer.max_steps
     report = ResultsReport(f"final weights, {cfg.data.target.dataset} {cfg.data.target_val_split}",
                            run_dir / "results.json", {"checkpoint": "last", "iterations": steps},

@@ -80,6 +80,12 @@ class RareClassSampler(Sampler):
             idx[k] = pool[min(int(u[k] * pool.numel()), pool.numel() - 1)]
         return idx, classes
 
+    def index_at(self, seed: int, position: int) -> int:
+        """The source image of global stream position `position`: one draw seeded by
+        (seed, position), so any position can be computed on its own (resume, DDP)."""
+        s = int(np.random.SeedSequence([seed, 7, position]).generate_state(1)[0])
+        return int(self.draw(1, torch.Generator().manual_seed(s))[0][0])
+
     def __iter__(self) -> Iterator[int]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
         g = torch.Generator().manual_seed(seed)
@@ -88,3 +94,28 @@ class RareClassSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def dataset_class_counts(dataset, num_classes: int, cache: Optional[str] = None) -> torch.Tensor:
+    """(N, C) int64 pixel counts of each labelled image's trainIds (read without transforms).
+
+    `dataset` is a `SegmentationDataset`. With `cache` (a .pt path) the counts are read from it
+    when it holds N rows, and written there otherwise (one pass over 25k GTA5 labels is minutes).
+    """
+    from pathlib import Path
+
+    if cache and Path(cache).is_file():
+        counts = torch.load(cache, weights_only=True)
+        if counts.shape == (len(dataset), num_classes):
+            return counts
+    rows = []
+    for s in dataset.samples:
+        mask = torch.from_numpy(dataset.load_label(s.label).astype("int64"))
+        rows.append(class_pixel_counts(mask.unsqueeze(0), num_classes)[0])
+    counts = torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.long)
+    if cache:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(cache).with_suffix(".tmp")
+        torch.save(counts, tmp)
+        tmp.replace(cache)
+    return counts

@@ -29,6 +29,7 @@ class DRANetTranslator(nn.Module):
         every stage (AdaIN); gen_norm then does not apply."""
         super().__init__()
         self.encoder = Encoder(3, width=width, num_down=num_down)
+        self.num_down = num_down  # inputs must be divisible by 2 ** num_down
         channels = self.encoder.out_channels
         self.separator = Separator(channels, domains)
         self.style_mod = style_mod

@@ -72,9 +72,11 @@ class OutputSpaceAdversarial(SegmentationModule):
         losses = {}
         for level, (w_seg, w_adv) in weights.items():
             if level in out_s:
-                losses[f"seg_{level}"] = w_seg * segmentation_ce(out_s[level], src["mask"])
+                losses[f"seg_{level}"] = w_seg * (self.source_loss(out_s[level], src) if level == "main"
+                                                  else segmentation_ce(out_s[level], src["mask"]))
                 d_t = self.discriminators[level](self.d_input_map(out_t[level]))
                 losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss)
+        losses.update(self.debias_losses(batch))  # {} without data.debias
         ok = self.backward_step(opt_seg, sum(losses.values()), "segmenter")
         self.untoggle_optimizer(opt_seg)
         if not ok:

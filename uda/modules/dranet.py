@@ -46,7 +46,8 @@ class DRANet(SegmentationModule):
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
         self.perceptual = perceptual
-        self.w = {k: float(v) for k, v in weights.items()}
+        # debiasing terms arrive already weighted (data.debias.*): unit weight here
+        self.w = {"gce_biased": 1.0, "dacs": 1.0, **{k: float(v) for k, v in weights.items()}}
         self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
@@ -120,12 +121,19 @@ class DRANet(SegmentationModule):
             losses["task_translator"] = segmentation_ce(self.segmenter(self.from_unit(out["x_st"])), mask_s)
         return losses
 
+    def codec_translator(self) -> nn.Module:
+        return self.translator  # style swap uses the translator being trained (no gradients)
+
     def weighted(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.w[k] * v for k, v in losses.items())
 
-    def task_losses(self, x_s, x_st, mask_s) -> dict[str, torch.Tensor]:
-        return {"seg_translated": segmentation_ce(self.segmenter(self.from_unit(x_st)), mask_s),
-                "seg_source": segmentation_ce(self.segmenter(x_s), mask_s)}
+    def task_losses(self, batch, x_st) -> dict[str, torch.Tensor]:
+        """Segmentation on the translated and the raw (augmented) source, plus the debiasing
+        terms; LfF weights the translated term."""
+        src = batch["source"]
+        return {"seg_translated": self.source_loss(self.segmenter(self.from_unit(x_st)), src),
+                "seg_source": self.source_loss(self.segmenter(src["image"]), src, lff=False),
+                **self.debias_losses(batch)}
 
     def training_step(self, batch, batch_idx):
         opt_d, opt_g, opt_seg = self.optimizers()
@@ -153,7 +161,7 @@ class DRANet(SegmentationModule):
             return
 
         self.toggle_optimizer(opt_seg)
-        t_losses = self.task_losses(x_s, out["x_st"].detach(), mask_s)
+        t_losses = self.task_losses(batch, out["x_st"].detach())
         ok = self.backward_step(opt_seg, self.weighted(t_losses), "task")
         self.untoggle_optimizer(opt_seg)
         if not ok:

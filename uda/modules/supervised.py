@@ -2,7 +2,6 @@
 (the same recipe fed labelled target-train images as its "source"; toy benchmark only)."""
 from __future__ import annotations
 
-from uda.losses import segmentation_ce
 from uda.modules.base import SegmentationModule
 
 
@@ -15,10 +14,11 @@ class SourceOnly(SegmentationModule):
 
     def training_step(self, batch, batch_idx):
         opt, sched = self.optimizers(), self.lr_schedulers()
-        src = batch["source"]
-        loss = segmentation_ce(self.segmenter(src["image"]), src["mask"])
-        if not self.backward_step(opt, loss, "segmentation"):
+        loss_seg = self.source_loss(self.segmenter(batch["source"]["image"]), batch["source"])
+        extra = self.debias_losses(batch)  # {} without data.debias
+        if not self.backward_step(opt, loss_seg + sum(extra.values()), "segmentation"):
             return
         sched.step()
-        self.log("train/loss_seg", loss, prog_bar=True)
+        self.log("train/loss_seg", loss_seg.detach(), prog_bar=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in extra.items()})
         self.log("train/lr", sched.get_last_lr()[0])
