@@ -173,6 +173,23 @@ def test_spurious_cue(cued, medium):
     assert _car_colours(_src(root0, i) for i in range(12)).std(0).max() > 20
 
 
+def test_cue_conflicting_images_keep_random_car_colours(tmp_path):
+    n = 12
+    summary = make_toy(tmp_path, seed=5, num_source=n, num_target_train=0, num_target_val=0,
+                       height=H, width=W, spurious_cue=True, cue_conflicting=0.5)
+    k = summary["spurious_cue"]["conflicting_source_images"]
+    red = []
+    for i in range(n):
+        cols = _car_colours([_src(tmp_path, i)])
+        if len(cols):
+            red.append(bool(np.abs(cols - np.array([255, 0, 0])).max() <= 2))
+    # images with cars: all-red cars (aligned) or not (conflicting); both kinds exist
+    assert 0 < k < n and any(red) and not all(red)
+    assert red.count(False) <= k
+    with pytest.raises(ValueError, match="cue_conflicting"):
+        make_toy(tmp_path / "x", cue_conflicting=0.1)
+
+
 def test_meta_matches_return_value(small, cued):
     for root, summary in (small["a"], cued):
         assert json.loads((root / "toy_meta.json").read_text()) == summary

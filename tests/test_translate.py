@@ -52,3 +52,15 @@ def test_benchmark_toy_table(toy_root, tmp_path, capsys):
     seed1 = json.loads((tmp_path / "oracle" / "seed1" / "results.json").read_text())
     assert seed1["mIoU"] == rows["oracle"]["mIoU"][1]
     assert "| oracle |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_benchmark_toy_reports_a_class_iou_from_a_config_dir(toy_root, tmp_path):
+    import json
+    rc = main(["benchmark", "toy", "--seeds", "1", "--methods", "source_only",
+               "--config-dir", str(REPO / "configs/toy/cue"), "--class-iou", "car",
+               "--data", str(toy_root), "--out", str(tmp_path), *SHRINK])
+    assert rc == 0
+    row = json.loads((tmp_path / "benchmark.json").read_text())["source_only"]
+    seed0 = json.loads((tmp_path / "source_only" / "seed0" / "results.json").read_text())
+    assert row["class_iou"] == [seed0["per_class_iou"]["car"] or 0.0]
+    assert "car IoU" in (tmp_path / "benchmark.md").read_text()

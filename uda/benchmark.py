@@ -5,7 +5,7 @@ seed=s, into <out>/<method>/seed<s>; collects the final-weights target mIoU (res
 optionally one class's IoU (`class_iou`, e.g. the spurious cue's class "car"), and wall time.
 Prints a table (mean +- sample std over seeds) and writes <out>/benchmark.json and
 <out>/benchmark.md. The toy data is generated first when absent (with the spurious cue when
-`spurious_cue`).
+`spurious_cue`, bias-conflicting source images with probability `cue_conflicting`).
 """
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ def format_benchmark(rows: dict, class_iou: str | None = None) -> str:
 def benchmark_toy(seeds: int = 3, methods=METHODS, data: str = "data/toy",
                   out: str = "runs/benchmark_toy", overrides: list[str] | None = None,
                   config_dir: str | Path = CONFIG_DIR, class_iou: str | None = None,
-                  spurious_cue: bool = False) -> dict:
+                  spurious_cue: bool = False, cue_conflicting: float = 0.0) -> dict:
     from datamodules.toy import make_toy
     from uda.train import train
     data_dir, out_dir = Path(data), Path(out)
     if not (data_dir / "toy_meta.json").is_file():
-        make_toy(data_dir, spurious_cue=spurious_cue)
+        make_toy(data_dir, spurious_cue=spurious_cue, cue_conflicting=cue_conflicting)
     rows: dict = {}
     for method in methods:
         config = Path(config_dir) / f"{method}.yaml"

@@ -62,7 +62,7 @@ def _cmd_benchmark_toy(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides,
                   config_dir=args.config_dir, class_iou=args.class_iou,
-                  spurious_cue=args.spurious_cue)
+                  spurious_cue=args.spurious_cue, cue_conflicting=args.cue_conflicting)
     return 0
 
 
@@ -156,6 +156,8 @@ def make_parser() -> argparse.ArgumentParser:
     bt.add_argument("--class-iou", default=None, help="also report this class's IoU (e.g. car)")
     bt.add_argument("--spurious-cue", action="store_true",
                     help="generate the data (when absent) with the spurious cue")
+    bt.add_argument("--cue-conflicting", type=float, default=0.0,
+                    help="with --spurious-cue: bias-conflicting source image probability")
     bt.add_argument("overrides", nargs="*", help="key=value applied to every run")
     bt.set_defaults(func=_cmd_benchmark_toy)
 

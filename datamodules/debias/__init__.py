@@ -1,8 +1,11 @@
 """Debiasing augmentations: sample mixing (Mixup, CutMix, ClassMix/DACS), mean-teacher
 pseudo-labels, Learning-from-Failure weights, SelecMix pair selection, rare-class sampling.
 
-Pure tensor functions seeded by a `torch.Generator`; labels are class labels (B,) or masks
-(B,H,W) with 255 = ignore. See each module's docstring for the contracts.
+Building blocks (mixing, lff, selecmix, sampling): pure tensor functions seeded by a
+`torch.Generator`; labels are class labels (B,) or masks (B,H,W) with 255 = ignore.
+Training integration: `pipeline.DebiasPipeline` (batch mixers, incl. style-swap
+counterfactuals, run on device by the datamodule) and `callback.DebiasCallback` (EMA teacher,
+LfF statistics). See each module's docstring for the contracts.
 """
 from datamodules.debias.lff import LfFWeights, gce_loss
 from datamodules.debias.mixing import (class_mix_mask, classmix, cutmix, ema_update_, mixed_loss,
