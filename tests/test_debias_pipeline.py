@@ -186,7 +186,7 @@ def test_lff_preview_equals_update_then_weights_and_does_not_write():
     stats.update_segmentation(idx, ce_b, ce_d, y)
     assert torch.allclose(w, stats.pixel_weights(idx, y))
     # by hand for one pixel: EMAs 0.7 * first + 0.3 * now of the (image, class) means
-    i, c = 0, int(y[0, 0, 0])
+    c = int(y[0, 0, 0])  # pixel (0, 0) of image 0
     sel = y[0] == c
     eb = 0.7 * first_b[0][sel].mean() + 0.3 * ce_b[0][sel].mean()
     ed = 0.7 * first_d[0][sel].mean() + 0.3 * ce_d[0][sel].mean()

@@ -9,34 +9,26 @@ also written there: `labelIds/<name>_labelIds.png` (official-evaluator ready) an
 `color/<name>_color.png`. Subclasses implement `training_step`
 and `configure_optimizers`.
 
-Debiasing (`attach_debias`, data.debias): the module owns the model-in-the-loop parts (an EMA
-teacher for DACS, a GCE-trained biased network for LfF / SelecMix, a style codec) and registers
-them as callables with the datamodule's `DebiasPipeline`, which augments each training batch
-after transfer. Recipes compute the source loss with `source_loss` (mixed label pairs, LfF
-pixel weights) and add `debias_losses` (biased network's GCE, DACS mixed-image CE) to their
-task step. The teacher's EMA and the LfF statistics are updated by `DebiasCallback`.
+Debiasing: see `uda.modules.debias.DebiasMixin` (recipes call `source_loss` and add
+`debias_losses`).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from datamodules.debias.lff import gce_loss
-from datamodules.debias.mixing import mixed_loss
 from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
-from uda.losses import segmentation_ce
 from uda.metrics.report import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
+from uda.modules.debias import DebiasMixin
 
 
 def poly_lambda(max_steps: int, power: float):
@@ -67,7 +59,7 @@ class NonFiniteLossError(RuntimeError):
     """A NaN/Inf loss beyond the allowed number of skipped iterations."""
 
 
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(DebiasMixin, pl.LightningModule):
     #: optimizer.step() calls per training iteration (Lightning's global_step counts those)
     optimizer_steps_per_iteration = 1
 
@@ -92,111 +84,11 @@ class SegmentationModule(pl.LightningModule):
         self.val_metric = ConfusionMatrixMetric(len(self.class_names))
         self.last_results: dict | None = None
         self.last_results_step = -1  # iteration at which last_results were computed
-        self.teacher: nn.Module | None = None
+        self.teacher: nn.Module | None = None  # see DebiasMixin.attach_debias
         self.biased: nn.Module | None = None
         self.debias_settings: dict = {}
-        self._codec = None  # (translator, to_unit, from_unit); not part of the state_dict
+        self._codec = None  # a frozen DRANet translator; not part of the state_dict
 
-    # --- debiasing -----------------------------------------------------------------------------
-    def attach_debias(self, teacher: bool = False, biased: nn.Module | None = None,
-                      gce_q: float = 0.7, w_biased: float = 1.0, w_dacs: float = 1.0,
-                      teacher_ema: float = 0.99, lff: bool = False) -> None:
-        """teacher: keep an EMA copy of the segmenter (DACS); biased: a fresh network trained
-        with GCE(q) at weight w_biased (LfF, SelecMix); lff: weight the source CE by LfF."""
-        if teacher:
-            self.teacher = copy.deepcopy(self.segmenter).requires_grad_(False)
-        self.biased = biased
-        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, w_dacs=w_dacs,
-                                    teacher_ema=teacher_ema, lff=lff)
-
-    def set_style_codec(self, translator: nn.Module) -> None:
-        """A DRANet translator used (frozen) as the style-swap codec; not saved with the module."""
-        translator.requires_grad_(False).eval()
-        object.__setattr__(self, "_codec", translator)  # bypass nn.Module: not a submodule
-
-    def style_codec(self, x: torch.Tensor, x_style: torch.Tensor, alpha: torch.Tensor,
-                    donor: str) -> torch.Tensor:
-        """Dataset-normalised x with its DRANet content kept and its style code moved to
-        alpha * style(x_style) + (1 - alpha) * style(x); x_style from domain `donor`."""
-        tr = self.codec_translator()
-        mult = 2 ** tr.num_down
-        h, w = x.shape[-2:]
-        pad = lambda u: F.pad(u, (0, (-w) % mult, 0, (-h) % mult), mode="replicate")  # noqa: E731
-        to_unit = lambda v: pad((v.float() * self.std + self.mean) * 2.0 - 1.0)  # noqa: E731
-        content, own = tr.encode(to_unit(x), "source")
-        _, other = tr.encode(to_unit(x_style), donor)
-        a = alpha.to(own.dtype).view(-1, 1, 1, 1)
-        out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
-        return (((out + 1.0) / 2.0).clamp(0, 1) - self.mean) / self.std
-
-    def codec_translator(self) -> nn.Module:
-        if self._codec is None:
-            raise RuntimeError("style swap needs a DRANet codec (set_style_codec)")
-        return self._codec
-
-    def debias_hooks(self) -> dict:
-        """The callables offered to the datamodule's debias pipeline."""
-        hooks = {}
-        if self.teacher is not None:
-            hooks["teacher"] = lambda x: self.teacher.eval()(x)
-        if self.biased is not None:
-            hooks["bias_features"] = lambda x: self.biased(x, return_features=True)[1]["enc"].mean((2, 3))
-        if self._codec is not None or getattr(self, "translator", None) is not None:
-            hooks["style_codec"] = self.style_codec
-        return hooks
-
-    def _debias(self):
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        return getattr(dm, "debias", None)
-
-    def on_fit_start(self) -> None:
-        pipeline = self._debias()
-        if pipeline is None:
-            return
-        if self._codec is not None:
-            self._codec.to(self.device)
-        if pipeline.lff is not None:
-            pipeline.lff.to(self.device)
-        hooks = self.debias_hooks()
-        missing = pipeline.needs - set(hooks)
-        if missing:
-            raise RuntimeError(f"data.debias needs {sorted(missing)}, which method "
-                               f"{type(self).__name__} does not provide")
-        pipeline.register(**hooks)
-
-    def source_loss(self, logits: torch.Tensor, src: dict, lff: bool = True) -> torch.Tensor:
-        """Mean CE of the (possibly augmented) source batch over its valid pixels: blended
-        images train on both label maps (lam, 1 - lam); with LfF each pixel is weighted by its
-        (image, class) relative difficulty."""
-        ce = lambda lg, y: F.cross_entropy(lg.float(), y, ignore_index=255, reduction="none")  # noqa: E731
-        mask = src["mask"]
-        if "lam" in src:
-            pixel = mixed_loss(ce, logits, mask, src["mask_b"], src["lam"], reduction="none")
-        else:
-            pixel = ce(logits, mask)
-        if lff and self.debias_settings.get("lff"):
-            with torch.no_grad():
-                ce_b = ce(self.biased(src["image"]), mask)
-            w = self._debias().lff_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
-            self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for DebiasCallback
-            pixel = pixel * w
-        valid = mask != 255
-        return pixel[valid].sum() / valid.sum().clamp(min=1)
-
-    def debias_losses(self, batch) -> dict[str, torch.Tensor]:
-        """Extra task-step terms, already weighted: the biased network's GCE on the source and
-        the DACS mixed-image CE (pixel-weighted by the teacher's confidence)."""
-        out = {}
-        src = batch["source"]
-        if self.biased is not None:
-            valid = src["mask"] != 255
-            gce = gce_loss(self.biased(src["image"]), src["mask"], self.debias_settings["gce_q"])
-            out["gce_biased"] = self.debias_settings["w_biased"] * gce[valid].sum() / valid.sum().clamp(min=1)
-        if "mixed" in batch:
-            m = batch["mixed"]
-            out["dacs"] = self.debias_settings["w_dacs"] * segmentation_ce(
-                self.segmenter(m["image"]), m["mask"], pixel_weight=m["weight"])
-        return out
 
     def setup(self, stage: str) -> None:
         if self.channels_last:  # NHWC: faster convolutions on tensor cores / recent CPUs

@@ -25,7 +25,7 @@ from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
                                     reconstruction_loss, style_loss)
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
-from uda.models.translation import PatchDiscriminator, cadt_mix
+from uda.models.translation import cadt_mix
 from uda.modules.base import SegmentationModule
 
 DOMAINS = ("source", "target")

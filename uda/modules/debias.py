@@ -1,0 +1,126 @@
+"""Debiasing inside the training recipes (data.debias; the augmentations themselves are in
+`datamodules.debias`).
+
+The module owns the model-in-the-loop parts: an EMA teacher (DACS), a GCE-trained biased
+network (LfF, SelecMix) and a style codec (style swap: DRANet's own translator, or a frozen one
+from a DRANet checkpoint). At fit start it registers them as callables with the datamodule's
+`DebiasPipeline`, which augments each training batch after transfer. Recipes compute their
+source loss with `source_loss` (blended label pairs, LfF pixel weights) and add
+`debias_losses` (the biased network's GCE, the DACS mixed-image CE) to their task step; both
+are plain values without data.debias. `DebiasCallback` moves the teacher and writes the LfF
+statistics. Mixed into `SegmentationModule` (which sets teacher, biased, debias_settings,
+_codec in its __init__).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.debias.lff import gce_loss
+from datamodules.debias.mixing import mixed_loss
+from uda.losses import segmentation_ce
+
+
+class DebiasMixin:
+    def attach_debias(self, teacher: bool = False, biased: nn.Module | None = None,
+                      gce_q: float = 0.7, w_biased: float = 1.0, w_dacs: float = 1.0,
+                      teacher_ema: float = 0.99, lff: bool = False) -> None:
+        """teacher: keep an EMA copy of the segmenter (DACS); biased: a fresh network trained
+        with GCE(q) at weight w_biased (LfF, SelecMix); lff: weight the source CE by LfF."""
+        if teacher:
+            self.teacher = copy.deepcopy(self.segmenter).requires_grad_(False)
+        self.biased = biased
+        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, w_dacs=w_dacs,
+                                    teacher_ema=teacher_ema, lff=lff)
+
+    def set_style_codec(self, translator: nn.Module) -> None:
+        """A DRANet translator used (frozen) as the style-swap codec; not saved with the module."""
+        translator.requires_grad_(False).eval()
+        object.__setattr__(self, "_codec", translator)  # bypass nn.Module: not a submodule
+
+    def style_codec(self, x: torch.Tensor, x_style: torch.Tensor, alpha: torch.Tensor,
+                    donor: str) -> torch.Tensor:
+        """Dataset-normalised x with its DRANet content kept and its style code moved to
+        alpha * style(x_style) + (1 - alpha) * style(x); x_style from domain `donor`."""
+        tr = self.codec_translator()
+        mult = 2 ** tr.num_down
+        h, w = x.shape[-2:]
+        pad = lambda u: F.pad(u, (0, (-w) % mult, 0, (-h) % mult), mode="replicate")  # noqa: E731
+        to_unit = lambda v: pad((v.float() * self.std + self.mean) * 2.0 - 1.0)  # noqa: E731
+        content, own = tr.encode(to_unit(x), "source")
+        _, other = tr.encode(to_unit(x_style), donor)
+        a = alpha.to(own.dtype).view(-1, 1, 1, 1)
+        out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
+        return (((out + 1.0) / 2.0).clamp(0, 1) - self.mean) / self.std
+
+    def codec_translator(self) -> nn.Module:
+        if self._codec is None:
+            raise RuntimeError("style swap needs a DRANet codec (set_style_codec)")
+        return self._codec
+
+    def debias_hooks(self) -> dict:
+        """The callables offered to the datamodule's debias pipeline."""
+        hooks = {}
+        if self.teacher is not None:
+            hooks["teacher"] = lambda x: self.teacher.eval()(x)
+        if self.biased is not None:
+            hooks["bias_features"] = lambda x: self.biased(x, return_features=True)[1]["enc"].mean((2, 3))
+        if self._codec is not None or getattr(self, "translator", None) is not None:
+            hooks["style_codec"] = self.style_codec
+        return hooks
+
+    def _debias(self):
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        return getattr(dm, "debias", None)
+
+    def on_fit_start(self) -> None:
+        pipeline = self._debias()
+        if pipeline is None:
+            return
+        if self._codec is not None:
+            self._codec.to(self.device)
+        if pipeline.lff is not None:
+            pipeline.lff.to(self.device)
+        hooks = self.debias_hooks()
+        missing = pipeline.needs - set(hooks)
+        if missing:
+            raise RuntimeError(f"data.debias needs {sorted(missing)}, which method "
+                               f"{type(self).__name__} does not provide")
+        pipeline.register(**hooks)
+
+    def source_loss(self, logits: torch.Tensor, src: dict, lff: bool = True) -> torch.Tensor:
+        """Mean CE of the (possibly augmented) source batch over its valid pixels: blended
+        images train on both label maps (lam, 1 - lam); with LfF each pixel is weighted by its
+        (image, class) relative difficulty."""
+        ce = lambda lg, y: F.cross_entropy(lg.float(), y, ignore_index=255, reduction="none")  # noqa: E731
+        mask = src["mask"]
+        if "lam" in src:
+            pixel = mixed_loss(ce, logits, mask, src["mask_b"], src["lam"], reduction="none")
+        else:
+            pixel = ce(logits, mask)
+        if lff and self.debias_settings.get("lff"):
+            with torch.no_grad():
+                ce_b = ce(self.biased(src["image"]), mask)
+            w = self._debias().lff_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
+            self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for DebiasCallback
+            pixel = pixel * w
+        valid = mask != 255
+        return pixel[valid].sum() / valid.sum().clamp(min=1)
+
+    def debias_losses(self, batch) -> dict[str, torch.Tensor]:
+        """Extra task-step terms, already weighted: the biased network's GCE on the source and
+        the DACS mixed-image CE (pixel-weighted by the teacher's confidence)."""
+        out = {}
+        src = batch["source"]
+        if self.biased is not None:
+            valid = src["mask"] != 255
+            gce = gce_loss(self.biased(src["image"]), src["mask"], self.debias_settings["gce_q"])
+            out["gce_biased"] = self.debias_settings["w_biased"] * gce[valid].sum() / valid.sum().clamp(min=1)
+        if "mixed" in batch:
+            m = batch["mixed"]
+            out["dacs"] = self.debias_settings["w_dacs"] * segmentation_ce(
+                self.segmenter(m["image"]), m["mask"], pixel_weight=m["weight"])
+        return out
