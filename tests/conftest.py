@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = REPO.parent / "shared" / "real_samples"
 
 
+def shrunk_config(toy_root, tmp_path, method: str, *extra: str):
+    """configs/toy/<method>.yaml on the tiny toy data, with tiny networks, crops and batches."""
+    from uda.config import load_config
+    return load_config(REPO / f"configs/toy/{method}.yaml", [
+        f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
+        f"run.dir={tmp_path}", "data.num_workers=0", "data.batch_size=2",
+        "data.source_transform.crop=[32,64]", "data.target_transform.crop=[32,64]",
+        "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
+        "method.adversarial.d_width=8", "trainer.max_steps=2", "trainer.progress_bar=false",
+        "trainer.accelerator=cpu", *extra])
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (process-group rendezvous in multi-process tests)."""
     with socket.socket() as s:

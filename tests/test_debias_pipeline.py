@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, shrunk_config
 from datamodules.debias.lff import LfFWeights
 from datamodules.debias.mixing import mixed_loss
 from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
@@ -16,7 +16,7 @@ from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline,
 from datamodules.samplers import UDATrainSampler
 from datamodules.debias.sampling import RareClassSampler
 from uda import build
-from uda.config import ConfigError, load_config
+from uda.config import ConfigError
 from uda.models.dranet import DRANetTranslator
 from uda.modules.base import SegmentationModule
 
@@ -211,14 +211,7 @@ def test_source_loss_mixed_pairs_and_lff_weights(toy_root, tmp_path):
     assert torch.allclose(plain, F.cross_entropy(logits, y, ignore_index=255))
 
 
-def small_cfg(toy_root, tmp_path, method, *extra):
-    return load_config(REPO / f"configs/toy/{method}.yaml", [
-        f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-        f"run.dir={tmp_path}", "data.num_workers=0", "data.batch_size=2",
-        "data.source_transform.crop=[32,64]", "data.target_transform.crop=[32,64]",
-        "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
-        "method.adversarial.d_width=8", "trainer.max_steps=2", "trainer.progress_bar=false",
-        "trainer.accelerator=cpu", *extra])
+small_cfg = shrunk_config
 
 
 EVERYTHING = ["data.debias.cutmix.enabled=true", "data.debias.classmix.enabled=true",

@@ -3,20 +3,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import REPO
+from conftest import shrunk_config
 from uda import build
-from uda.config import load_config
 
 METHODS = ["source_only", "oracle", "adversarial", "dranet"]
 
 
-def shrunk(toy_root, tmp_path, method, *extra):
-    return load_config(REPO / f"configs/toy/{method}.yaml", [
-        f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-        f"run.dir={tmp_path}", "data.num_workers=0", "data.batch_size=2",
-        "data.source_transform.crop=[32,64]", "data.target_transform.crop=[32,64]",
-        "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
-        "method.adversarial.d_width=8", "trainer.max_steps=2", *extra])
+shrunk = shrunk_config
 
 
 @pytest.mark.parametrize("method", METHODS)
