@@ -79,6 +79,8 @@ def test_shipped_configs_load_and_build(path, vgg19_file):
     extra = []
     if "dranet" in path and "toy" not in path:
         extra = [f"method.dranet.perceptual_weights={vgg19_file}"]
+    if "toy" not in path and "dranet" not in path:  # frozen BN needs pretrained weights
+        extra = ["model.freeze_bn=false"]
     cfg = load_config(REPO / path, ROOTS + extra)
     assert cfg.trainer.max_steps > 0 and cfg.method.name in path
     assert cfg.data.source.dataset == ("synthia" if "synthia" in path else "gta5")
@@ -94,6 +96,15 @@ def test_debias_fragments_compose_onto_a_method(fragment, tmp_path):
     composed.write_text(f"defaults: [{REPO / 'configs/toy' / method}.yaml, {fragment}]\n")
     cfg = load_config(composed, ROOTS)
     assert cfg.method.name == method and cfg.data.debias[fragment.stem].enabled
+
+
+def test_frozen_bn_needs_pretrained_weights(tmp_path):
+    path = REPO / "configs/gta5_cityscapes/source_only.yaml"
+    with pytest.raises(ConfigError, match="model.freeze_bn=true .* model.pretrained="):
+        load_config(path, ROOTS)
+    weights = tmp_path / "resnet101.pth"
+    weights.write_bytes(b"")
+    assert load_config(path, ROOTS + [f"model.pretrained={weights}"]).model.freeze_bn
 
 
 def test_vgg19_perceptual_needs_weights():

@@ -423,6 +423,10 @@ def _validate(cfg: DictConfig) -> None:
                           "metric; perceptual=lite is meant for toy/CPU runs")
     if r.perceptual_weights and not Path(r.perceptual_weights).is_file():
         raise ConfigError(f"method.dranet.perceptual_weights: file {r.perceptual_weights} not found")
+    if cfg.model.freeze_bn and not cfg.model.pretrained:
+        raise ConfigError("model.freeze_bn=true keeps the BatchNorm statistics of pretrained weights; "
+                          "with a random init they do not normalise (the loss diverges to NaN): "
+                          "set model.pretrained=<local ImageNet weights> or model.freeze_bn=false")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"model.pretrained: weights file {cfg.model.pretrained} not found "
                           "(give a local path; nothing is downloaded)")
