@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from uda import logging_setup as ls
+from uda import panels
 
 WANDB_VARS = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL",
               "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
@@ -115,7 +116,7 @@ class TinyModule(pl.LightningModule):
         self.last_results = {"mIoU": 42.5,
                              "per_class_iou": {"road": 90.25, "sidewalk": None, "car": 37.5}}
         self.log("val/mIoU", self.last_results["mIoU"])
-        ls.log_iou_table(self.trainer.loggers, self.last_results, self.global_step)
+        panels.log_iou_table(self.trainer.loggers, self.last_results, self.global_step)
 
 
 def _loaders():
@@ -135,7 +136,7 @@ def _fit(logger, run_dir: Path, every_n_steps: int = 2) -> TinyModule:
                          log_every_n_steps=1, num_sanity_val_steps=0, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(run_dir),
-                         callbacks=[ls.PanelLogger(every_n_steps=every_n_steps, max_images=3)])
+                         callbacks=[panels.PanelLogger(every_n_steps=every_n_steps, max_images=3)])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, *_loaders())
@@ -282,15 +283,15 @@ def test_csv_logger_metrics_table_and_png_panels(env, tmp_path):
     assert "val_iou/sidewalk" not in header  # None is skipped
     values = [dict(zip(header, r.split(","))) for r in rows[1:]]
     assert any(v["val_iou/road"] == "90.25" for v in values)
-    panels = tmp_path / "panels"
-    assert sorted(p.name for p in (panels / "source").glob("*.png")) == ["step2.png", "step4.png"]
-    assert (panels / "translated" / "step4.png").is_file()
-    val = np.asarray(Image.open(panels / "val_prediction" / "step4.png"))
+    png_dir = tmp_path / "panels"
+    assert sorted(p.name for p in (png_dir / "source").glob("*.png")) == ["step2.png", "step4.png"]
+    assert (png_dir / "translated" / "step4.png").is_file()
+    val = np.asarray(Image.open(png_dir / "val_prediction" / "step4.png"))
     assert val.shape == (2 * 16, 3 * 24, 3)  # two images, one row each
     # ignored ground-truth rows keep the input image; labelled ones are palette-blended
     assert np.array_equal(val[:2, 48:], val[:2, :24])
     assert not np.array_equal(val[2:16, 48:], val[2:16, :24])
-    src = np.asarray(Image.open(panels / "source" / "step2.png"))
+    src = np.asarray(Image.open(png_dir / "source" / "step2.png"))
     assert src.shape == (2 * 8, 12, 3)
 
 
@@ -344,9 +345,9 @@ def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_roo
     assert last["columns"] == ["class", "IoU"] and len(last["data"]) == 19
     by_class = dict((c, v) for c, v in last["data"])
     assert all((by_class[c] is None) == (results["per_class_iou"][c] is None) for c in by_class)
-    panels = files / "media" / "images" / "panels"
+    media = files / "media" / "images" / "panels"
     for key in ("source_to_target", "target_to_source", "val_prediction"):
-        assert list(panels.glob(f"{key}*.png")), key
+        assert list(media.glob(f"{key}*.png")), key
     assert [p for p in env.rglob("*") if "wandb" in str(p).lower()] == []
     ours = [r.artifact for r, k in zip(records, kinds)
             if k == "artifact" and r.artifact.name.startswith("model-")]

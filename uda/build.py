@@ -21,7 +21,7 @@ from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import transform_from_config
-from uda import logging_setup
+from uda import logging_setup, panels
 from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
@@ -233,7 +233,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
     if logger:
         mean, std = cfg.data.eval_transform.mean, cfg.data.eval_transform.std
         callbacks = [*callbacks, IoUTable(),
-                     logging_setup.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
+                     panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
                                                mean=tuple(mean), std=tuple(std))]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps

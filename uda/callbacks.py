@@ -66,7 +66,7 @@ class IoUTable(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         from pytorch_lightning.loggers import WandbLogger
-        from uda.logging_setup import log_iou_table
+        from uda.panels import log_iou_table
         if trainer.sanity_checking or not pl_module.last_results:
             return
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
