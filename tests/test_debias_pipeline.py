@@ -275,6 +275,31 @@ def test_style_swap_with_a_codec_checkpoint(toy_root, tmp_path):
     trainer = build.build_trainer(cfg, tmp_path / "so", [], 1)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2
+    # the registered codec restyles every source image (p=1), labels untouched
+    batch = coded_batch()
+    batch["source"]["image"] = torch.randn(B, 3, 32, 64)
+    batch["source"]["mask"] = torch.zeros(B, 32, 64, dtype=torch.long)
+    batch["target"]["image"] = torch.randn(B, 3, 32, 64)
+    out = dm.augment(batch, 0)["source"]
+    assert (out["image"] - batch["source"]["image"]).flatten(1).abs().amax(1).min() > 0.1
+    assert torch.equal(out["mask"], batch["source"]["mask"])
+
+
+def test_debias_checkpoint_evaluates_like_training(toy_root, tmp_path):
+    """Teacher and biased network are part of the checkpoint; `uda evaluate` rebuilds them."""
+    import json
+    from uda.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
+                 f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
+                 f"run.dir={run}", "trainer.max_steps=2", "trainer.progress_bar=false",
+                 "data.num_workers=0", "data.batch_size=2", "model.width=8",
+                 "data.debias.dacs.enabled=true", "data.debias.lff.enabled=true"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints/last.ckpt"), "--output",
+                 str(out), "trainer.progress_bar=false"]) == 0
+    trained = json.loads((run / "results.json").read_text())
+    assert json.loads(out.read_text())["confusion_matrix"] == trained["confusion_matrix"]
 
 
 def test_datamodule_seeds_augmentations_by_rank_and_iteration(toy_root, tmp_path):
