@@ -143,6 +143,24 @@ def _fit(logger, run_dir: Path, every_n_steps: int = 2) -> TinyModule:
     return module
 
 
+def read_complete_wandb_records(path: Path, timeout_s: float = 60.0) -> list:
+    """`read_wandb_records` once the run's "exit" record is in the file: under load, wandb's
+    service process can still be writing the file when `wandb.finish()` has returned (seen in
+    CI: the file read then held no "run" record yet)."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = read_wandb_records(path)
+        except Exception:  # a record still being written
+            if time.monotonic() > deadline:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def read_wandb_records(path: Path) -> list:
     """Decode an offline `run-<id>.wandb` file: a 7-byte header (":W&B", 0xBEE1, version) then
     the LevelDB log format (32 KiB blocks of records: crc32 (4), length (2, LE), type (1:
@@ -194,7 +212,7 @@ def test_wandb_offline_run_is_written_under_run_dir(env, tmp_path, capsys):
 
     # history and config: decoded from the binary run file
     (run_file,) = offline.glob("run-*.wandb")
-    records = read_wandb_records(run_file)
+    records = read_complete_wandb_records(run_file)
     kinds = [r.WhichOneof("record_type") for r in records]
     (run,) = [r.run for r, k in zip(records, kinds) if k == "run"]
     assert (run.project, run.display_name, run.run_group, list(run.tags)) == \
@@ -328,7 +346,7 @@ def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_roo
     assert rc == 0
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     (run_file,) = offline.glob("run-*.wandb")
-    records = read_wandb_records(run_file)
+    records = read_complete_wandb_records(run_file)
     kinds = [r.WhichOneof("record_type") for r in records]
     (run,) = [r.run for r, k in zip(records, kinds) if k == "run"]
     assert run.project == "uda-toy" and list(run.tags) == ["toy", "test"]
