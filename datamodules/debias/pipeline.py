@@ -44,6 +44,13 @@ def _chosen(p: float, b: int, generator: torch.Generator, device) -> torch.Tenso
     return (torch.rand(b, generator=generator, device=generator.device) < p).to(device)
 
 
+def _with_partners(batch, g):
+    """(source dict, images, masks, partner permutation) of a within-source mixer."""
+    src = batch["source"]
+    x, y = src["image"], src["mask"]
+    return src, x, y, partner_permutation(x.shape[0], g, x.device)
+
+
 def _need(hooks: Hooks, name: str, mixer: str) -> Callable:
     if name not in hooks:
         raise RuntimeError(f"data.debias.{mixer} needs a '{name}' callable, which the training "
@@ -83,9 +90,7 @@ class CutMix:
         self.p, self.alpha = p, alpha
 
     def __call__(self, batch, g, hooks):
-        src = batch["source"]
-        x, y = src["image"], src["mask"]
-        perm = partner_permutation(x.shape[0], g, x.device)
+        src, x, y, perm = _with_partners(batch, g)
         xm, ym, _ = cutmix(x, y, x[perm], y[perm], self.alpha, g)
         pick = _chosen(self.p, x.shape[0], g, x.device)
         return {**batch, "source": {**src, "image": torch.where(pick.view(-1, 1, 1, 1), xm, x),
@@ -100,9 +105,7 @@ class ClassMix:
         self.p = p
 
     def __call__(self, batch, g, hooks):
-        src = batch["source"]
-        x, y = src["image"], src["mask"]
-        perm = partner_permutation(x.shape[0], g, x.device)
+        src, x, y, perm = _with_partners(batch, g)
         m = class_mix_mask(y[perm], g) & _chosen(self.p, x.shape[0], g, x.device).view(-1, 1, 1)
         return {**batch, "source": {**src, "image": torch.where(m.unsqueeze(1), x[perm], x),
                                     "mask": torch.where(m, y[perm], y)}}
@@ -133,9 +136,7 @@ class Mixup:
         self.p, self.alpha = p, alpha
 
     def __call__(self, batch, g, hooks):
-        src = batch["source"]
-        x, y = src["image"], src["mask"]
-        perm = partner_permutation(x.shape[0], g, x.device)
+        src, x, y, perm = _with_partners(batch, g)
         xm, _, _, lam = mixup(x, y, x[perm], y[perm], self.alpha, g)
         return _blended(batch, xm, y[perm], lam, _chosen(self.p, x.shape[0], g, x.device))
 
