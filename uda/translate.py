@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -35,10 +34,10 @@ def style_bank(module: DRANet, target_ds, num_styles: int, seed: int = 0):
 
 
 @torch.no_grad()
-def translate_frame(module: DRANet, x: torch.Tensor, bank, multiple: int) -> torch.Tensor:
+def translate_frame(module: DRANet, x: torch.Tensor, bank) -> torch.Tensor:
     """(1,3,H,W) dataset-normalised source frame -> (1,3,H,W) uint8-ready [0, 1] RGB."""
     h, w = x.shape[-2:]
-    u = F.pad(module.to_unit(x), (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+    u = module.translator.pad(module.to_unit(x))
     content, _ = module.translator.encode(u, "source")
     attn = module.translator.attention(content, bank[0], module.temperature)
     out, _ = module.translator.transfer(content, bank[1], attn)
@@ -62,10 +61,9 @@ def translate(checkpoint, input_root, output, num_styles: int = 16, config_file=
     source = DATASETS[d.source.dataset](input_root, d.source.split, labelled=False,
                                         transform=build_transform(mean=t.mean, std=t.std))
     output, root = Path(output), Path(input_root)
-    multiple = 2 ** cfg.method.dranet.num_down
     for i, sample in enumerate(tqdm(source.samples, desc="translate", unit="img")):
         x = source[i]["image"][None]
-        rgb = translate_frame(module, x, bank, multiple)[0].permute(1, 2, 0).numpy()
+        rgb = translate_frame(module, x, bank)[0].permute(1, 2, 0).numpy()
         rel = sample.image.relative_to(root).with_suffix(".png")
         write_png_atomic(Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8)), output / rel)
         if sample.label is not None:

@@ -2,7 +2,8 @@
 
 Images are in [-1, 1]. `encode(x, domain) -> (content (B,C,h,w), style (B,C,1,1))`;
 `decode(content, style) -> image`; `transfer(content_src, style_bank, attn)` decodes each source
-content with its CADT-mixed style. H and W must be divisible by 2 ** num_down.
+content with its CADT-mixed style. H and W must be divisible by 2 ** num_down (`pad` makes
+any frame so; crop the output back with [..., :H, :W]).
 
 Style code: the separator splits F into content = w_d * S(F) and F - content; the style is the
 spatial mean of F - content, a per-channel code. A spatial style map would carry the layout of
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uda.models.translation import (Encoder, Generator, ModulatedGenerator, Separator,
@@ -35,6 +37,12 @@ class DRANetTranslator(nn.Module):
         self.style_mod = style_mod
         self.generator = (ModulatedGenerator(channels, channels, 3, num_up=num_down) if style_mod
                           else Generator(channels, 3, num_up=num_down, norm=gen_norm))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad (B,C,H,W) at the bottom and right to multiples of 2 ** num_down."""
+        m = 2 ** self.num_down
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         content, rest = self.separator(self.encoder(x), domain)

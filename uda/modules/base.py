@@ -89,7 +89,6 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
         self.debias_settings: dict = {}
         self._codec = None  # a frozen DRANet translator; not part of the state_dict
 
-
     def setup(self, stage: str) -> None:
         if self.channels_last:  # NHWC: faster convolutions on tensor cores / recent CPUs
             self.to(memory_format=torch.channels_last)
@@ -153,6 +152,14 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""
         return (x.float() * self.std + self.mean).clamp(0, 1)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Dataset-normalised image -> [-1, 1] (the translator's space)."""
+        return (x * self.std + self.mean) * 2.0 - 1.0
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> dataset-normalised image (what the segmenter expects)."""
+        return ((u + 1.0) / 2.0 - self.mean) / self.std
 
     @torch.no_grad()
     def panel_images(self, batch) -> dict[str, torch.Tensor]:

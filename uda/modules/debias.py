@@ -46,15 +46,12 @@ class DebiasMixin:
         """Dataset-normalised x with its DRANet content kept and its style code moved to
         alpha * style(x_style) + (1 - alpha) * style(x); x_style from domain `donor`."""
         tr = self.codec_translator()
-        mult = 2 ** tr.num_down
         h, w = x.shape[-2:]
-        pad = lambda u: F.pad(u, (0, (-w) % mult, 0, (-h) % mult), mode="replicate")  # noqa: E731
-        to_unit = lambda v: pad((v.float() * self.std + self.mean) * 2.0 - 1.0)  # noqa: E731
-        content, own = tr.encode(to_unit(x), "source")
-        _, other = tr.encode(to_unit(x_style), donor)
+        content, own = tr.encode(tr.pad(self.to_unit(x.float())), "source")
+        _, other = tr.encode(tr.pad(self.to_unit(x_style.float())), donor)
         a = alpha.to(own.dtype).view(-1, 1, 1, 1)
         out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
-        return (((out + 1.0) / 2.0).clamp(0, 1) - self.mean) / self.std
+        return self.from_unit(out.clamp(-1, 1))
 
     def codec_translator(self) -> nn.Module:
         if self._codec is None:

@@ -54,10 +54,6 @@ class DRANet(SegmentationModule):
         self.content_norm = content_norm
 
     # --- image spaces ---------------------------------------------------------------------
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Dataset-normalised image -> [-1, 1]."""
-        return (x * self.std + self.mean) * 2.0 - 1.0
-
     @torch.no_grad()
     def panel_images(self, batch) -> dict[str, torch.Tensor]:
         """Source, target and both translations, (B,3,H,W) in [0, 1]."""
@@ -65,10 +61,6 @@ class DRANet(SegmentationModule):
         out = self.translate(self.to_unit(x_s), self.to_unit(x_t))
         return {"source": self.to_display(x_s), "target": self.to_display(x_t),
                 "source_to_target": (out["x_st"] + 1) / 2, "target_to_source": (out["x_ts"] + 1) / 2}
-
-    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] -> dataset-normalised image (what the segmenter expects)."""
-        return ((u + 1.0) / 2.0 - self.mean) / self.std
 
     # --- optimizers -------------------------------------------------------------------------
     def configure_optimizers(self):
