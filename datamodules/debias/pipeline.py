@@ -21,6 +21,7 @@ Registered callables (`register`), all without gradients:
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional
 
 import torch
@@ -203,8 +204,6 @@ class DebiasPipeline:
     def lff_pixel_weights(self, indices, ce_b, ce_d, masks) -> torch.Tensor:
         """(B,h,w) weights with this batch's losses folded into the EMAs (as LfF does before
         weighting), without changing the stored statistics."""
-        preview = LfFWeights(self.lff.num_samples, self.lff.num_classes, self.lff.ema,
-                             device=self.lff.ema_b.device)
-        preview.load_state_dict(self.lff.state_dict())
+        preview = copy.deepcopy(self.lff)
         preview.update_segmentation(indices, ce_b, ce_d, masks)
         return preview.pixel_weights(indices, masks)

@@ -99,13 +99,20 @@ class DebiasMixin:
         else:
             pixel = ce(logits, mask)
         if lff and self.debias_settings.get("lff"):
-            with torch.no_grad():
-                ce_b = ce(self.biased(src["image"]), mask)
+            ce_b = ce(self.biased_logits(src).detach(), mask)
             w = self._debias().lff_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
             self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for DebiasCallback
             pixel = pixel * w
         valid = mask != 255
         return pixel[valid].sum() / valid.sum().clamp(min=1)
+
+    def biased_logits(self, src: dict) -> torch.Tensor:
+        """The biased network's logits on the step's source images, with gradients: one forward
+        per iteration, shared by the LfF weights (detached) and the GCE term."""
+        cached = getattr(self, "_biased_out", None)
+        if cached is None or cached[0] is not src["image"]:
+            cached = self._biased_out = (src["image"], self.biased(src["image"]))
+        return cached[1]
 
     def debias_losses(self, batch) -> dict[str, torch.Tensor]:
         """Extra task-step terms, already weighted: the biased network's GCE on the source and
@@ -114,7 +121,8 @@ class DebiasMixin:
         src = batch["source"]
         if self.biased is not None:
             valid = src["mask"] != 255
-            gce = gce_loss(self.biased(src["image"]), src["mask"], self.debias_settings["gce_q"])
+            gce = gce_loss(self.biased_logits(src), src["mask"], self.debias_settings["gce_q"])
+            self._biased_out = None  # the step's last use
             out["gce_biased"] = self.debias_settings["w_biased"] * gce[valid].sum() / valid.sum().clamp(min=1)
         if "mixed" in batch:
             m = batch["mixed"]
