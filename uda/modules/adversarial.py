@@ -16,7 +16,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from uda.losses import segmentation_ce
 from uda.losses.entropy import self_information
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.models.discriminators import OutputDiscriminator
@@ -72,8 +71,9 @@ class OutputSpaceAdversarial(SegmentationModule):
         losses = {}
         for level, (w_seg, w_adv) in weights.items():
             if level in out_s:
-                losses[f"seg_{level}"] = w_seg * (self.source_loss(out_s[level], src) if level == "main"
-                                                  else segmentation_ce(out_s[level], src["mask"]))
+                # LfF weights the main output; both heads train on blended label pairs
+                losses[f"seg_{level}"] = w_seg * self.source_loss(out_s[level], src,
+                                                                  lff=level == "main")
                 d_t = self.discriminators[level](self.d_input_map(out_t[level]))
                 losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss)
         losses.update(self.debias_losses(batch))  # {} without data.debias
