@@ -256,21 +256,12 @@ def test_eval_mode_and_group_of_one_are_plain_batchnorm(ranks):
         local = nn.BatchNorm2d(C, track_running_stats=False).eval()(_rows(x, r))
         assert torch.equal(ranks[r]["eval"]["y_no_stats"], local)
         # group of one: each rank is its own world, i.e. nn.BatchNorm2d on its rows only.
-        alone = _init_bn(nn.BatchNorm2d(C))
-        ref = {"y": [], "dx": [], "dw": []}
-        for step in range(2):
-            xs, ws = (_rows(t, r) for t in _inputs(step))
-            xs.requires_grad_(True)
-            alone.zero_grad(set_to_none=True)
-            y = alone(xs)
-            (y * ws).sum().backward()
-            ref["y"].append(y.detach())
-            ref["dx"].append(xs.grad)
-            ref["dw"].append(alone.weight.grad.clone())
+        ref = _steps(_init_bn(nn.BatchNorm2d(C)), 2, r)
         got = ranks[r]["group_of_one"]
-        for key in ref:
+        for key in ("y", "dx", "dw", "db"):
+            assert len(got[key]) == len(ref[key]) == 2, key
             assert all(torch.equal(a, b) for a, b in zip(got[key], ref[key])), key
-        for key, value in alone.state_dict().items():
+        for key, value in ref["state"].items():
             assert torch.equal(got["state"][key], value)
 
 
