@@ -234,7 +234,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         mean, std = cfg.data.eval_transform.mean, cfg.data.eval_transform.std
         callbacks = [*callbacks, IoUTable(),
                      panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
-                                               mean=tuple(mean), std=tuple(std))]
+                                        mean=tuple(mean), std=tuple(std))]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
     return pl.Trainer(
@@ -244,7 +244,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_checkpointing=False, enable_model_summary=False, logger=logger,
-        callbacks=[SyncBuffers(), DebiasCallback(), *callbacks, *([IterationProgressBar()] if t.progress_bar else [])],
+        callbacks=[SyncBuffers(), DebiasCallback(), *callbacks,
+                   *([IterationProgressBar()] if t.progress_bar else [])],
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
         # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try
