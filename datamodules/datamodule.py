@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.debias.pipeline import DebiasPipeline
-
 from datamodules.samplers import ShardSampler, UDATrainSampler
 
 
