@@ -250,6 +250,11 @@ def test_every_option_trains_with_each_method(toy_root, tmp_path, method):
 def test_style_swap_needs_a_codec_outside_dranet(toy_root, tmp_path):
     with pytest.raises(ConfigError, match="codec_checkpoint"):
         small_cfg(toy_root, tmp_path, "source_only", "data.debias.style_swap.enabled=true")
+    with pytest.raises(ConfigError, match="codec_checkpoint is for other methods"):
+        small_cfg(toy_root, tmp_path, "dranet", "data.debias.style_swap.enabled=true",
+                  "data.debias.style_swap.codec_checkpoint=x.ckpt")
+    with pytest.raises(ConfigError, match=r"alpha_range must be \[min, max\]"):
+        small_cfg(toy_root, tmp_path, "dranet", "data.debias.style_swap.alpha_range=[0.8,0.2]")
     with pytest.raises(ConfigError, match="enable one of them"):
         small_cfg(toy_root, tmp_path, "source_only", "data.debias.mixup.enabled=true",
                   "data.debias.selecmix.enabled=true")

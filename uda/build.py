@@ -187,7 +187,7 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
     from uda.evaluate import config_for, read_checkpoint  # (imports build)
 
     path = cfg.data.debias.style_swap.codec_checkpoint
-    if not (cfg.data.debias.style_swap.enabled and path) or cfg.method.name == "dranet":
+    if not (cfg.data.debias.style_swap.enabled and path):  # config: never set for DRANet
         return
     ckpt = read_checkpoint(path)
     ccfg = config_for(ckpt, path)

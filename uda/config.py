@@ -456,8 +456,8 @@ def _validate_debias(cfg: DictConfig) -> None:
                           "enable one of them")
     if not 0 < d.selecmix.lam_max <= 1:
         raise ConfigError(f"data.debias.selecmix.lam_max must be in (0, 1], got {d.selecmix.lam_max}")
-    lo, hi = (list(d.style_swap.alpha_range) + [None, None])[:2]
-    if len(d.style_swap.alpha_range) != 2 or not 0 <= lo <= hi <= 1:
+    alpha = list(d.style_swap.alpha_range)
+    if len(alpha) != 2 or not 0 <= alpha[0] <= alpha[1] <= 1:
         raise ConfigError("data.debias.style_swap.alpha_range must be [min, max] within [0, 1], "
                           f"got {list(d.style_swap.alpha_range)}")
     codec = d.style_swap.codec_checkpoint
@@ -465,6 +465,9 @@ def _validate_debias(cfg: DictConfig) -> None:
         raise ConfigError(f"data.debias.style_swap with method.name={cfg.method.name} needs "
                           "data.debias.style_swap.codec_checkpoint (a DRANet run's checkpoint): "
                           "only DRANet has its own style codec")
+    if d.style_swap.enabled and cfg.method.name == "dranet" and codec:
+        raise ConfigError("data.debias.style_swap.codec_checkpoint is for other methods: DRANet "
+                          "swaps styles with the translator it trains; unset it")
     if d.dacs.enabled and cfg.method.name == "oracle":
         raise ConfigError("data.debias.dacs mixes source onto target: not for method.name=oracle")
     if not 0 < d.lff.ema < 1 or d.biased.q <= 0:
