@@ -52,16 +52,18 @@ def _with_partners(batch, g):
     return src, x, y, partner_permutation(x.shape[0], g, x.device)
 
 
-def _need(hooks: Hooks, name: str, mixer: str) -> Callable:
-    if name not in hooks:
-        raise RuntimeError(f"data.debias.{mixer} needs a '{name}' callable, which the training "
-                           f"method did not register (registered: {sorted(hooks) or 'none'})")
-    return hooks[name]
+def _need(hooks: Hooks, mixer) -> Callable:
+    """The callable that `mixer` (a model-in-the-loop mixer) declares in `requires`."""
+    if mixer.requires not in hooks:
+        raise RuntimeError(f"data.debias.{mixer.name} needs a '{mixer.requires}' callable, which "
+                           f"the training method did not register (registered: "
+                           f"{sorted(hooks) or 'none'})")
+    return hooks[mixer.requires]
 
 
 class StyleSwap:
     """Content kept, style moved towards a donor's: x' = codec(x, donor, alpha)."""
-    name = "style_swap"
+    name, requires = "style_swap", "style_codec"
 
     def __init__(self, p: float = 0.5, donor: str = "target", alpha_range=(0.5, 1.0)):
         self.p, self.donor, self.alpha_range = p, donor, tuple(alpha_range)
@@ -76,8 +78,7 @@ class StyleSwap:
         alpha = lo + (hi - lo) * torch.rand(b, generator=g, device=g.device).to(dev)
         pick = _chosen(self.p, b, g, dev)
         if pick.any():
-            swapped = _need(hooks, "style_codec", self.name)(x[pick], donors[pick], alpha[pick],
-                                                                self.donor)
+            swapped = _need(hooks, self)(x[pick], donors[pick], alpha[pick], self.donor)
             x = x.clone()
             x[pick] = swapped.to(x.dtype)
         return {**batch, "source": {**src, "image": x}}
@@ -85,7 +86,7 @@ class StyleSwap:
 
 class CutMix:
     """A box of another source image (image and mask) pasted on each chosen image."""
-    name = "cutmix"
+    name, requires = "cutmix", None
 
     def __init__(self, p: float = 0.5, alpha: float = 1.0):
         self.p, self.alpha = p, alpha
@@ -100,7 +101,7 @@ class CutMix:
 
 class ClassMix:
     """Within the source batch: half the classes of another image pasted (image and mask)."""
-    name = "classmix"
+    name, requires = "classmix", None
 
     def __init__(self, p: float = 0.5):
         self.p = p
@@ -114,7 +115,7 @@ class ClassMix:
 
 class DACS:
     """Source classes pasted on target images labelled by the teacher -> batch["mixed"]."""
-    name = "dacs"
+    name, requires = "dacs", "teacher"
 
     def __init__(self, threshold: float = 0.968):
         self.threshold = threshold
@@ -123,7 +124,7 @@ class DACS:
         x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
         x_t = batch["target"]["image"]
         with torch.no_grad():
-            logits = _need(hooks, "teacher", self.name)(x_t)
+            logits = _need(hooks, self)(x_t)
         y_t, w_t = pseudo_label(logits, self.threshold, per_image=True)
         x, y, w = classmix(x_s, y_s, x_t, y_t, g, weight_tgt=w_t)
         return {**batch, "mixed": {"image": x, "mask": y, "weight": w}}
@@ -131,7 +132,7 @@ class DACS:
 
 class Mixup:
     """Each chosen source image blended with another: x = lam x_a + (1 - lam) x_b."""
-    name = "mixup"
+    name, requires = "mixup", None
 
     def __init__(self, p: float = 0.5, alpha: float = 0.4):
         self.p, self.alpha = p, alpha
@@ -144,7 +145,7 @@ class Mixup:
 
 class SelecMix:
     """Mixup with the batch image of the most different bias (biased-network features)."""
-    name = "selecmix"
+    name, requires = "selecmix", "bias_features"
 
     def __init__(self, p: float = 0.5, alpha: float = 1.0, lam_max: float = 0.5):
         self.p, self.alpha, self.lam_max = p, alpha, lam_max
@@ -153,7 +154,7 @@ class SelecMix:
         src = batch["source"]
         x, y = src["image"], src["mask"]
         with torch.no_grad():
-            feats = _need(hooks, "bias_features", self.name)(x)
+            feats = _need(hooks, self)(x)
         # street scenes share one "label" at image level: the contradicting partner is the
         # same-label image whose bias differs most
         same = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -172,7 +173,9 @@ def _blended(batch, xm, mask_b, lam, pick):
 
 
 class DebiasPipeline:
-    """Mixers in order + registered callables + LfF statistics (None when LfF is off)."""
+    """Mixers in order + registered callables + LfF statistics (None when LfF is off). A mixer
+    is callable as mixer(batch, generator, hooks) -> batch and has `name` (its data.debias key)
+    and `requires` (the callable it needs, or None)."""
 
     def __init__(self, mixers: list, lff: Optional[LfFWeights] = None):
         self.mixers, self.lff = list(mixers), lff
@@ -184,8 +187,7 @@ class DebiasPipeline:
     @property
     def needs(self) -> set[str]:
         """The callables the mixers will ask for."""
-        req = {"style_swap": "style_codec", "dacs": "teacher", "selecmix": "bias_features"}
-        return {req[m.name] for m in self.mixers if m.name in req}
+        return {m.requires for m in self.mixers if m.requires}
 
     def __bool__(self) -> bool:
         return bool(self.mixers) or self.lff is not None
