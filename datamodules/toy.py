@@ -29,6 +29,11 @@ Domain shift (appearance only; layouts and label semantics are identical in dist
   No class changes colour individually: the grading is one matrix for the whole image, so a
   global style transfer can undo it, but nearest-colour rules learnt on the source fail on the
   target (e.g. target terrain looks like source vegetation).
+* shifted targets (``shift=K``, K >= 0): the same pipeline with its centres drawn from a seeded
+  family (``shift_style(K)``, ranges in ``SHIFT_RANGES``: hue rotation anywhere on the circle,
+  saturation, colour cast, exposure, gamma, blur, noise, lighting gradient, vignette, per-class
+  texture scale) and the same per-image jitter (``STYLE_JITTER``). The scene is rendered from the
+  per-image rng before any style draw, so labels and the source domain do not depend on K.
 * spurious cue (optional): in the source every car, including glass and wheels, is one flat pure
   red (255, 0, 0); in the target cars keep their random per-instance colours. A model that learns
   "red = car" on the source loses cars on the target.
@@ -91,18 +96,94 @@ def _style_source(sc, rng, cue):
     return img
 
 
-def _style_target(sc, rng):
-    h, w = sc.h, sc.w
+# The default target appearance (shift=None): centres of the per-image draws (see _style_target).
+DEFAULT_STYLE = {"hue_deg": 45.0, "saturation": .6, "cast_rgb": (1.08, .98, .82), "exposure": 1.2,
+                 "gamma": 1.25, "blur_sigma_px": (.7, 1.2), "noise_std": (.02, .008),
+                 "lighting_gradient": .25, "vignette": .35, "texture_scale": None}
+# Per-image jitter around a style's centres (uniform +-), the same for the default and every shift;
+# blur_sigma_px: half-width of a shift's per-image sigma range around its drawn centre.
+STYLE_JITTER = {"hue_deg": 8.0, "saturation": .08, "cast_rgb": .03, "gamma": .1, "blur_sigma_px": .25}
+# The seeded family of target appearances (shift=K): each centre is drawn uniformly from these
+# ranges by np.random.default_rng([SHIFT_SEED, K]) (gamma log-uniformly; texture_scale: one
+# factor per class multiplying the default per-class texture amplitudes).
+SHIFT_SEED = 0x5EED_7A
+SHIFT_RANGES = {"hue_deg": (-180.0, 180.0), "saturation": (.35, 1.3), "cast_rgb": (.8, 1.2),
+                "exposure": (.7, 1.4), "gamma": (.7, 1.5), "blur_sigma_px": (0.0, 1.5),
+                "noise_std": ((0.0, .04), (0.0, .015)), "lighting_gradient": (0.0, .4),
+                "vignette": (0.0, .5), "texture_scale": (.25, 2.0)}
+
+
+def shift_style(shift: int) -> dict:
+    """The target-appearance centres of family member ``shift`` (>= 0): a pure function of it."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)) or shift < 0:
+        raise ValueError(f"make_toy: shift must be an integer >= 0 (or None for the default "
+                         f"target appearance), got {shift!r}")
+    r, R = np.random.default_rng([SHIFT_SEED, int(shift)]), SHIFT_RANGES
+
+    def u(key, n=None):
+        return r.uniform(*R[key], n)
+    hue, sat, cast, expo = u("hue_deg"), u("saturation"), u("cast_rgb", 3), u("exposure")
+    gamma = float(np.exp(r.uniform(*np.log(R["gamma"]))))
+    blur = u("blur_sigma_px")
+    noise = (r.uniform(*R["noise_std"][0]), r.uniform(*R["noise_std"][1]))
+    grad, vig, tex = u("lighting_gradient"), u("vignette"), u("texture_scale", NUM_CLASSES)
+    j = STYLE_JITTER["blur_sigma_px"]
+    return {"hue_deg": float(hue), "saturation": float(sat), "cast_rgb": tuple(map(float, cast)),
+            "exposure": float(expo), "gamma": gamma,
+            "blur_sigma_px": (float(max(0.0, blur - j)), float(blur + j)),
+            "noise_std": tuple(map(float, noise)), "lighting_gradient": float(grad),
+            "vignette": float(vig), "texture_scale": tuple(map(float, tex))}
+
+
+def _style_target(sc, rng, p=DEFAULT_STYLE):
+    """Target appearance with style centres ``p``; per-image draws in a fixed order from ``rng``
+    (for ``DEFAULT_STYLE`` the arithmetic is that of the original generator, bit for bit)."""
+    h, w, jit = sc.h, sc.w, STYLE_JITTER
+    tex = _TEX if p["texture_scale"] is None else _TEX * np.float32(p["texture_scale"])[:, None]
     bands = np.stack([_noise(rng, h, w, c) for c in (1.5, 5, 18)], -1)
-    img = sc.rgb * np.clip(1 + (_TEX[sc.lab] * bands).sum(-1), .3, 1.7)[..., None]
+    img = sc.rgb * np.clip(1 + (tex[sc.lab] * bands).sum(-1), .3, 1.7)[..., None]
     yy, xx = np.ogrid[-1:1:h * 1j, -1:1:w * 1j]
     ang = rng.uniform(0, 2 * np.pi)
-    img *= ((1 + .25 * (np.cos(ang) * xx + np.sin(ang) * yy)) * (1 - .175 * (xx ** 2 + yy ** 2)))[..., None]
-    m = _grade_matrix(np.deg2rad(45 + rng.uniform(-8, 8)), .6 + rng.uniform(-.08, .08),
-                      np.array([1.08, .98, .82]) + rng.uniform(-.03, .03, 3))
-    img = np.clip(1.2 * img @ m.T.astype(np.float32), 0, 1) ** (1.25 + rng.uniform(-.1, .1))
-    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), rng.uniform(.7, 1.2))
-    return img + rng.normal(0, .02, (h, w, 1)) + rng.normal(0, .008, (h, w, 3))
+    img *= ((1 + p["lighting_gradient"] * (np.cos(ang) * xx + np.sin(ang) * yy))
+            * (1 - p["vignette"] / 2 * (xx ** 2 + yy ** 2)))[..., None]
+    m = _grade_matrix(np.deg2rad(p["hue_deg"] + rng.uniform(-jit["hue_deg"], jit["hue_deg"])),
+                      p["saturation"] + rng.uniform(-jit["saturation"], jit["saturation"]),
+                      np.array(p["cast_rgb"]) + rng.uniform(-jit["cast_rgb"], jit["cast_rgb"], 3))
+    img = np.clip(p["exposure"] * img @ m.T.astype(np.float32), 0, 1) ** (
+        p["gamma"] + rng.uniform(-jit["gamma"], jit["gamma"]))
+    sigma = rng.uniform(*p["blur_sigma_px"])
+    img = img.astype(np.float32)
+    if sigma > .05:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    lum, chroma = p["noise_std"]
+    return img + rng.normal(0, lum, (h, w, 1)) + rng.normal(0, chroma, (h, w, 3))
+
+
+def _shift_meta(shift: int, p: dict) -> dict:
+    """toy_meta.json's "domain_shift" for family member ``shift``: ranges of the per-image draws."""
+    jit, r4 = STYLE_JITTER, (lambda v: round(float(v), 4))
+
+    def rng_(key):
+        return [r4(p[key] - jit[key]), r4(p[key] + jit[key])]
+    return {"shift": shift, "hue_rotation_deg": rng_("hue_deg"), "saturation": rng_("saturation"),
+            "cast_rgb": [r4(c) for c in p["cast_rgb"]], "cast_jitter": jit["cast_rgb"],
+            "exposure": r4(p["exposure"]), "gamma": rng_("gamma"),
+            "blur_sigma_px": [r4(v) for v in p["blur_sigma_px"]],
+            "noise_std": [r4(v) for v in p["noise_std"]],
+            "lighting_gradient": r4(p["lighting_gradient"]), "vignette": r4(p["vignette"]),
+            "texture_scale": {n: r4(v) for n, v in zip(CLASS_NAMES, p["texture_scale"])}}
+
+
+def _shift_text(shift: int, d: dict) -> str:
+    return (f"Target appearance: shift {shift} of the seeded family: hue rotation "
+            f"{d['hue_rotation_deg'][0]:.0f} to {d['hue_rotation_deg'][1]:.0f} deg, saturation "
+            f"x{d['saturation'][0]:.2f}-{d['saturation'][1]:.2f}, colour cast "
+            f"({', '.join(f'{c:.2f}' for c in d['cast_rgb'])}), exposure x{d['exposure']:.2f}, gamma "
+            f"{d['gamma'][0]:.2f}-{d['gamma'][1]:.2f}, per-class texture scale "
+            f"{min(d['texture_scale'].values()):.2f}-{max(d['texture_scale'].values()):.2f}, lighting "
+            f"gradient +-{d['lighting_gradient'] * 100:.0f} %, vignette -{d['vignette'] * 100:.0f} %, "
+            f"Gaussian blur sigma {d['blur_sigma_px'][0]:.2f}-{d['blur_sigma_px'][1]:.2f} px, sensor "
+            f"noise std {d['noise_std'][0]:.3f} luminance + {d['noise_std'][1]:.3f} per channel. ")
 
 
 def _paths(out, split, i):
@@ -116,7 +197,7 @@ def _paths(out, split, i):
 def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_train: int = 400,
              num_target_val: int = 100, height: int = 128, width: int = 256,
              spurious_cue: bool = False, cue_conflicting: float = 0.0,
-             progress: bool = False) -> dict:
+             progress: bool = False, shift: int | None = None) -> dict:
     """Generate the toy benchmark under ``out`` and return its summary (also ``out/toy_meta.json``).
 
     ``out`` must be empty/missing or hold an earlier toy benchmark (whose source/ and target/ are
@@ -125,12 +206,17 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
     cue_conflicting: the probability that a source image is bias-conflicting (its cars keep
     random colours although the cue is on), as in LfF's Colored-MNIST protocol,
     domain-shift parameters and a markdown "description".
+
+    ``shift``: None (default) = the documented target appearance; K >= 0 = member K of a seeded
+    family of target appearances (`shift_style(K)`, recorded with "shift": K in the summary).
+    Scenes, labels and the source domain do not depend on ``shift``.
     """
     out = Path(out)
     if seed < 0 or min(num_source, num_target_train, num_target_val) < 0 or height < 16 or width < 16:
         raise ValueError("make_toy: seed and counts must be >= 0, height/width >= 16")
     if not 0 <= cue_conflicting <= 1 or (cue_conflicting and not spurious_cue):
         raise ValueError("make_toy: cue_conflicting must be in [0, 1] and needs spurious_cue")
+    style = DEFAULT_STYLE if shift is None else shift_style(shift)
     marker = out / ".toy_incomplete"
     if out.exists() and any(out.iterdir()):
         if not ((out / "toy_meta.json").exists() or marker.exists()):
@@ -153,7 +239,7 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
                 cue = False  # a bias-conflicting source image: its cars keep random colours
                 conflicting.append(i)
             sc = _render(height, width, rng, cue)
-            img = _style_source(sc, rng, cue) if split == "source" else _style_target(sc, rng)
+            img = _style_source(sc, rng, cue) if split == "source" else _style_target(sc, rng, style)
             img = (np.clip(img, 0, 1) * 255 + .5).astype(np.uint8)
             ids = TRAINID_TO_CITYSCAPES_ID[sc.lab]
             img_path, lab_path = _paths(out, split, i)
@@ -166,6 +252,12 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
             hist += np.bincount(sc.lab.ravel(), minlength=NUM_CLASSES)
         pixels[split] = {name: int(v) for name, v in zip(CLASS_NAMES, hist)}
     present = [c for c in CLASS_NAMES if any(p[c] > 0 for p in pixels.values())]
+    target_text = ("Target: stronger per-class textures, lighting gradient and vignette, one global colour "
+                   "grading (hue rotation ~45 deg, saturation x0.6, warm cast, gamma ~1.25), Gaussian blur "
+                   "(sigma 0.7-1.2 px) and sensor noise. ")
+    if shift is not None:
+        shift_meta = _shift_meta(shift, style)
+        target_text = _shift_text(shift, shift_meta)
     cue = {"class": "car", "train_id": CAR, "source_rgb": [255, 0, 0],
            "target": "random per-instance colours", "conflicting_ratio": cue_conflicting,
            "conflicting_source_images": len(conflicting)} if spurious_cue else None
@@ -184,9 +276,7 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
             f"{num_target_train} target-train and {num_target_val} target-val procedurally generated street "
             f"scenes with {len(present)} of the 19 Cityscapes classes ({', '.join(present)}). Layouts are drawn "
             "from one distribution in both domains; only appearance differs. Source: flat saturated per-class "
-            "colours, hard edges, no noise. Target: stronger per-class textures, lighting gradient and vignette, "
-            "one global colour grading (hue rotation ~45 deg, saturation x0.6, warm cast, gamma ~1.25), "
-            "Gaussian blur (sigma 0.7-1.2 px) and sensor noise. "
+            "colours, hard edges, no noise. " + target_text
             + (("Spurious cue: every source car is flat pure red; target cars have random colours."
                 if not cue_conflicting else
                 f"Spurious cue: source cars are flat pure red except in {len(conflicting)} "
@@ -194,6 +284,8 @@ def make_toy(out: str | Path, seed: int = 0, num_source: int = 400, num_target_t
                 "random colours.")
                if spurious_cue else "No spurious cue.")),
     }
+    if shift is not None:  # the default summary stays byte-identical to the original generator's
+        summary["shift"], summary["domain_shift"] = shift, shift_meta
     (out / "toy_meta.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     marker.unlink()
     return summary

@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +13,9 @@ from PIL import Image
 from datamodules.io import read_label, read_rgb
 from datamodules.labels import (CITYSCAPES_ID_PALETTE, CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES,
                                 TRAINID_TO_CITYSCAPES_ID)
-from datamodules.toy import make_toy
+from datamodules.toy import (DEFAULT_STYLE, SHIFT_RANGES, STYLE_JITTER, _TEX, _grade_matrix, _noise,
+                             _style_target, make_toy, shift_style)
+from datamodules.toy_scene import _render
 
 H, W = 64, 128
 CAR, SKY, VEG, TERRAIN = (CLASS_NAMES.index(c) for c in ("car", "sky", "vegetation", "terrain"))
@@ -212,3 +215,157 @@ def test_regenerate_replaces_stale_files_and_refuses_foreign_dirs(tmp_path):
         make_toy(tmp_path / "foreign", num_source=1, **kw)
     with pytest.raises(ValueError):
         make_toy(tmp_path / "neg", seed=-1)
+
+
+# --- the seeded family of target appearances (shift=K) ------------------------------------------
+
+TINY = dict(seed=0, num_source=2, num_target_train=2, num_target_val=1, height=32, width=64)
+# Decoded pixels of TINY, recorded from the generator as it was before shifts existed.
+DEFAULT_IMAGES_SHA256 = "227b472736f07258ea504e7e8afa6b17ef854682209d7b9322ba5c76bdb4367c"
+DEFAULT_LABELS_SHA256 = "11ea1f286888b3be7e6cdaf2fc831b9a27ff57fa40e2aef3ddf18b8d05e14ba8"
+DEFAULT_DOMAIN_SHIFT = {"hue_rotation_deg": [37, 53], "saturation": [.52, .68],
+                       "cast_rgb": [1.08, .98, .82], "exposure": 1.2, "gamma": [1.15, 1.35],
+                       "blur_sigma_px": [.7, 1.2], "noise_std": [.02, .008],
+                       "lighting_gradient": .25, "vignette": .35}
+
+
+def _is_image(rel: str) -> bool:
+    return "images" in rel or "leftImg8bit" in rel
+
+
+def _pixel_digest(root: Path, images: bool) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        rel = str(p.relative_to(root))
+        if _is_image(rel) == images:
+            h.update(rel.encode())
+            h.update(np.asarray(Image.open(p)).tobytes())
+    return h.hexdigest()
+
+
+def _reference_style_target(sc, rng):
+    """The target appearance of the generator before shifts existed, verbatim."""
+    h, w = sc.h, sc.w
+    bands = np.stack([_noise(rng, h, w, c) for c in (1.5, 5, 18)], -1)
+    img = sc.rgb * np.clip(1 + (_TEX[sc.lab] * bands).sum(-1), .3, 1.7)[..., None]
+    yy, xx = np.ogrid[-1:1:h * 1j, -1:1:w * 1j]
+    ang = rng.uniform(0, 2 * np.pi)
+    img *= ((1 + .25 * (np.cos(ang) * xx + np.sin(ang) * yy)) * (1 - .175 * (xx ** 2 + yy ** 2)))[..., None]
+    m = _grade_matrix(np.deg2rad(45 + rng.uniform(-8, 8)), .6 + rng.uniform(-.08, .08),
+                      np.array([1.08, .98, .82]) + rng.uniform(-.03, .03, 3))
+    img = np.clip(1.2 * img @ m.T.astype(np.float32), 0, 1) ** (1.25 + rng.uniform(-.1, .1))
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), rng.uniform(.7, 1.2))
+    return img + rng.normal(0, .02, (h, w, 1)) + rng.normal(0, .008, (h, w, 3))
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    """TINY generated with shift None, 0, 1, and 1 again (another directory)."""
+    base = tmp_path_factory.mktemp("toy_shifts")
+    return {name: (base / name, make_toy(base / name, shift=k, **TINY))
+            for name, k in (("none", None), ("s0", 0), ("s1", 1), ("s1b", 1))}
+
+
+def test_default_appearance_unchanged(shifted):
+    root, summary = shifted["none"]
+    assert _pixel_digest(root, images=True) == DEFAULT_IMAGES_SHA256
+    assert _pixel_digest(root, images=False) == DEFAULT_LABELS_SHA256
+    assert "shift" not in summary and summary["domain_shift"] == DEFAULT_DOMAIN_SHIFT
+    assert "hue rotation ~45 deg" in summary["description"]
+
+
+def test_default_style_matches_reference_implementation():
+    for i in range(3):
+        a, b = np.random.default_rng([4, 1, i]), np.random.default_rng([4, 1, i])
+        sa, sb = _render(40, 72, a, False), _render(40, 72, b, False)
+        assert np.array_equal(_style_target(sa, a), _reference_style_target(sb, b))
+        assert np.array_equal(_style_target(sa, a, DEFAULT_STYLE), _reference_style_target(sb, b))
+
+
+def test_shifts_change_target_images_only(shifted):
+    hashes = {name: _hashes(root) for name, (root, _) in shifted.items()}
+    keys = hashes["none"].keys()
+    assert all(h.keys() == keys for h in hashes.values())
+    target_images = [k for k in keys if "leftImg8bit" in k]
+    others = [k for k in keys if k not in target_images]  # source images + labels, target labels
+    assert len(target_images) == 3 and len(others) == 2 * 2 + 3
+    for a, b in (("none", "s0"), ("none", "s1"), ("s0", "s1")):
+        assert all(hashes[a][k] == hashes[b][k] for k in others), (a, b)
+        assert all(hashes[a][k] != hashes[b][k] for k in target_images), (a, b)
+    # the pixels differ substantially, not by a rounding bit
+    img = lambda name: read_rgb(_tgt(shifted[name][0], 0)[0]).astype(float)  # noqa: E731
+    assert np.abs(img("s0") - img("s1")).mean() > 10
+    assert shifted["none"][1]["pixel_counts"] == shifted["s1"][1]["pixel_counts"]
+
+
+def test_same_shift_is_byte_identical(shifted):
+    (ra, sa), (rb, sb) = shifted["s1"], shifted["s1b"]
+    assert _hashes(ra) == _hashes(rb)
+    assert {k: v for k, v in sa.items() if k != "root"} == {k: v for k, v in sb.items() if k != "root"}
+
+
+def test_shift_recorded_in_meta_and_description(shifted):
+    for name, k in (("s0", 0), ("s1", 1)):
+        root, summary = shifted[name]
+        assert json.loads((root / "toy_meta.json").read_text()) == summary
+        d = summary["domain_shift"]
+        assert summary["shift"] == k and d["shift"] == k
+        p = shift_style(k)
+        assert d["hue_rotation_deg"] == pytest.approx([p["hue_deg"] - 8, p["hue_deg"] + 8], abs=1e-4)
+        assert d["cast_rgb"] == pytest.approx(list(p["cast_rgb"]), abs=1e-4)
+        assert d["exposure"] == pytest.approx(p["exposure"], abs=1e-4)
+        assert d["texture_scale"]["road"] == pytest.approx(p["texture_scale"][0], abs=1e-4)
+        assert f"shift {k} of the seeded family" in summary["description"]
+        assert f"hue rotation {d['hue_rotation_deg'][0]:.0f} to" in summary["description"]
+        assert "~45 deg" not in summary["description"]
+    assert shifted["s0"][1]["domain_shift"] != shifted["s1"][1]["domain_shift"]
+
+
+def _inside(v, lo, hi):
+    return lo <= v <= hi
+
+
+def test_shift_parameters_inside_documented_ranges():
+    R, styles = SHIFT_RANGES, [shift_style(k) for k in range(60)]
+    assert shift_style(7) == shift_style(7) and shift_style(7) != shift_style(8)
+    for p in styles:
+        assert -180 <= p["hue_deg"] < 180
+        for key in ("saturation", "exposure", "gamma", "lighting_gradient", "vignette"):
+            assert _inside(p[key], *R[key]), key
+        assert all(_inside(c, *R["cast_rgb"]) for c in p["cast_rgb"])
+        assert all(_inside(t, *R["texture_scale"]) for t in p["texture_scale"])
+        assert len(p["texture_scale"]) == len(CLASS_NAMES)
+        lo, hi = p["blur_sigma_px"]
+        j = STYLE_JITTER["blur_sigma_px"]
+        assert lo >= 0 and _inside(hi - j, *R["blur_sigma_px"]) and hi - lo <= 2 * j + 1e-12
+        assert _inside(p["noise_std"][0], *R["noise_std"][0])
+        assert _inside(p["noise_std"][1], *R["noise_std"][1])
+    # the family covers the circle and both directions of exposure/gamma
+    hues = np.array([p["hue_deg"] for p in styles])
+    assert hues.min() < -120 and hues.max() > 120 and ((hues > -60) & (hues < 60)).any()
+    assert min(p["gamma"] for p in styles) < 1 < max(p["gamma"] for p in styles)
+    assert min(p["exposure"] for p in styles) < 1 < max(p["exposure"] for p in styles)
+    assert min(p["saturation"] for p in styles) < 1 < max(p["saturation"] for p in styles)
+
+
+def test_shifted_images_are_not_degenerate(tmp_path):
+    for k in range(5):
+        make_toy(tmp_path / str(k), seed=1, num_source=0, num_target_train=2, num_target_val=0,
+                 height=32, width=64, shift=k)
+        x = np.stack([read_rgb(_tgt(tmp_path / str(k), i)[0]) for i in range(2)]).astype(float)
+        assert 15 < x.mean() < 240 and x.std() > 10, k
+
+
+def test_invalid_shift(tmp_path, capsys):
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="shift must be an integer >= 0"):
+            make_toy(tmp_path / "bad", shift=bad, **TINY)
+    assert not (tmp_path / "bad").exists()
+    from uda.cli import main
+    rc = main(["data", "make-toy", "--out", str(tmp_path / "cli"), "--shift", "-2",
+               "--num-source", "1", "--num-target", "1", "--num-val", "0", "--size", "32x64"])
+    assert rc == 2
+    assert "uda: error: make_toy: shift must be an integer >= 0" in capsys.readouterr().err
+    assert main(["data", "make-toy", "--out", str(tmp_path / "cli"), "--shift", "3",
+                 "--num-source", "1", "--num-target", "1", "--num-val", "0", "--size", "32x64"]) == 0
+    assert json.loads((tmp_path / "cli/toy_meta.json").read_text())["shift"] == 3

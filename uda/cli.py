@@ -16,12 +16,17 @@ def _cmd_train(args) -> int:
 
 def _cmd_make_toy(args) -> int:
     from datamodules.toy import make_toy
+    from uda.config import ConfigError
     h, w = (int(v) for v in args.size.lower().split("x"))
-    summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
-                       num_target_train=args.num_target, num_target_val=args.num_val,
-                       height=h, width=w, spurious_cue=args.spurious_cue,
-                       cue_conflicting=args.cue_conflicting, progress=True)
-    print(f"toy benchmark written to {args.out}: {summary['counts']}")
+    try:
+        summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
+                           num_target_train=args.num_target, num_target_val=args.num_val,
+                           height=h, width=w, spurious_cue=args.spurious_cue,
+                           cue_conflicting=args.cue_conflicting, progress=True, shift=args.shift)
+    except ValueError as e:  # make_toy's argument checks: reported as a usage error
+        raise ConfigError(str(e)) from e
+    shift = "" if args.shift is None else f" (target appearance: shift {args.shift})"
+    print(f"toy benchmark written to {args.out}: {summary['counts']}{shift}")
     return 0
 
 
@@ -58,10 +63,19 @@ def _cmd_translate(args) -> int:
 
 def _cmd_benchmark_toy(args) -> int:
     from uda.benchmark import benchmark_toy
+    from uda.config import ConfigError
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    shifts = None
+    if args.shifts is not None:
+        try:
+            shifts = [int(k) for k in args.shifts.split(",") if k.strip()]
+        except ValueError:
+            raise ConfigError(f"--shifts: expected comma-separated integers >= 0 (e.g. 0,1,2), "
+                              f"got {args.shifts!r}") from None
     benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides,
                   config_dir=args.config_dir, class_iou=args.class_iou,
-                  spurious_cue=args.spurious_cue, cue_conflicting=args.cue_conflicting)
+                  spurious_cue=args.spurious_cue, cue_conflicting=args.cue_conflicting,
+                  shifts=shifts)
     return 0
 
 
@@ -157,6 +171,11 @@ def make_parser() -> argparse.ArgumentParser:
                     help="generate the data (when absent) with the spurious cue")
     bt.add_argument("--cue-conflicting", type=float, default=0.0,
                     help="with --spurious-cue: bias-conflicting source image probability")
+    bt.add_argument("--shifts", default=None, metavar="K,K,...",
+                    help="toy target appearances to compare (e.g. 0,1,2,3,4): data in DATA/shift<K> "
+                         "(generated when absent), runs in OUT/shift<K>/<method>/seed<s>, one table "
+                         "per shift plus a summary (mean mIoU, gap recovered between source_only "
+                         "and oracle, shifts beating source-only)")
     bt.add_argument("overrides", nargs="*", help="key=value applied to every run")
     bt.set_defaults(func=_cmd_benchmark_toy)
 
@@ -176,6 +195,10 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--cue-conflicting", type=float, default=0.0,
                    help="with --spurious-cue: probability that a source image is bias-conflicting "
                         "(its cars keep random colours), e.g. 0.05 as in LfF's protocols")
+    m.add_argument("--shift", type=int, default=None, metavar="K",
+                   help="target appearance K (>= 0) of a seeded family (hue anywhere on the circle, "
+                        "saturation, cast, exposure, gamma, textures, blur, noise, lighting); "
+                        "default: the documented appearance. Scenes, labels and source unchanged")
     m.set_defaults(func=_cmd_make_toy)
 
     c = dsub.add_parser("check", help="validate a dataset split and count class pixels",
