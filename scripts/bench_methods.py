@@ -64,36 +64,58 @@ class IterTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
+def bench_config(path: Path, overrides: list[str]):
+    """The config at `path` with data roots that are never read, then `overrides`."""
+    return load_config(path, ["data.source.root=/unused", "data.target.root=/unused", *overrides])
+
+
+def random_vgg19_weights(directory: str | None = None) -> Path:
+    """A file of random torchvision vgg19 feature weights (the config refuses vgg19 without a
+    weights file; for timing, random weights cost the same), in a new temporary directory
+    (under `directory` if given)."""
+    w = Path(tempfile.mkdtemp(dir=directory)) / "vgg19.pth"
+    import torchvision
+    torch.save(torchvision.models.vgg19(weights=None).features.state_dict(), w)
+    return w
+
+
+def random_datamodule(crop: tuple[int, int], batch: int) -> UDADataModule:
+    """Random labelled source, unlabelled target and labelled val frames of size `crop`."""
+    return UDADataModule(RandomFrames(64, crop, True), RandomFrames(64, crop, False),
+                         RandomFrames(2, crop, True), batch_size=batch, num_workers=0)
+
+
+def bench_trainer(module, iters: int, accelerator: str, precision: str,
+                  callbacks: list) -> pl.Trainer:
+    """A bare Trainer running `iters` training iterations of `module` (no logging, no val)."""
+    return pl.Trainer(max_steps=iters * module.optimizer_steps_per_iteration,
+                      accelerator=accelerator, devices=1, precision=precision, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0,
+                      use_distributed_sampler=False, callbacks=callbacks)
+
+
 def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, precision: str,
           channels_last: bool, crop: tuple[int, int] | None = None,
           batch: int | None = None) -> dict:
     bench_dir = "toy" if size == "toy" else "gta5_cityscapes"
     extra = []
     if method == "dranet" and size == "real":  # random VGG weights: timing only
-        w = Path(tempfile.mkdtemp()) / "vgg19.pth"
-        import torchvision
-        torch.save(torchvision.models.vgg19(weights=None).features.state_dict(), w)
-        extra.append(f"method.dranet.perceptual_weights={w}")
+        extra.append(f"method.dranet.perceptual_weights={random_vgg19_weights()}")
     if method == "adversarial" and size == "real":
         extra += ["model.multi_level=true"]
     if size == "real":  # random weights: frozen BN statistics would not normalise (NaN loss)
         extra += ["model.freeze_bn=false"]
-    cfg = load_config(REPO / "configs" / bench_dir / f"{method if method != 'oracle' else 'source_only'}.yaml",
-                      ["data.source.root=/unused", "data.target.root=/unused",
-                       f"trainer.max_steps={iters}", f"trainer.precision={precision}",
-                       f"trainer.channels_last={str(channels_last).lower()}", *extra,
-                       *([f"data.batch_size={batch}"] if batch else [])])
+    cfg = bench_config(REPO / "configs" / bench_dir / f"{method if method != 'oracle' else 'source_only'}.yaml",
+                       [f"trainer.max_steps={iters}", f"trainer.precision={precision}",
+                        f"trainer.channels_last={str(channels_last).lower()}", *extra,
+                        *([f"data.batch_size={batch}"] if batch else [])])
     crop = crop or tuple(cfg.data.source_transform.crop)
     b = cfg.data.batch_size
-    dm = UDADataModule(RandomFrames(64, crop, True), RandomFrames(64, crop, False),
-                       RandomFrames(2, crop, True), batch_size=b, num_workers=0)
+    dm = random_datamodule(crop, b)
     module = build.build_module(cfg)
     timer = IterTimer()
-    trainer = pl.Trainer(max_steps=iters * module.optimizer_steps_per_iteration,
-                         accelerator=accelerator, devices=1, precision=precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0,
-                         use_distributed_sampler=False, callbacks=[timer])
+    trainer = bench_trainer(module, iters, accelerator, precision, [timer])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
