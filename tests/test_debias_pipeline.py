@@ -150,7 +150,7 @@ def test_style_swap_changes_only_chosen_images_and_keeps_masks():
 
 def test_style_codec_keeps_content_and_moves_style():
     torch.manual_seed(0)
-    tr = DRANetTranslator(width=8, num_down=2, style_mod=True).eval()
+    tr = DRANetTranslator(width=8, num_down=2).eval()
     module = SegmentationModule(torch.nn.Conv2d(3, C, 1), [str(i) for i in range(C)])
     module.set_style_codec(tr)
     x, x_style = torch.randn(2, 3, 16, 20), torch.randn(2, 3, 16, 20)

@@ -164,8 +164,7 @@ def _build_module(cfg: Config) -> SegmentationModule:
 
 def build_dranet(cfg: Config, common: dict) -> DRANet:
     r = cfg.method.dranet
-    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm,
-                                  style_mod=r.style_mod)
+    translator = build_translator(r)
     discriminators = {d: PatchDiscriminator(3, width=r.d_width, num_layers=r.d_layers)
                       for d in ("source", "target")}
     perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,
@@ -178,7 +177,13 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
                   lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
                   gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
                   task_to_translator=r.task_to_translator, content_norm=r.content_norm,
-                  **common)
+                  checkpointing=r.checkpointing, **common)
+
+
+def build_translator(r) -> DRANetTranslator:
+    """The translator of a `method.dranet` config section."""
+    return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
+                            enc_norm=r.enc_norm)
 
 
 def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
@@ -195,8 +200,7 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
         raise ConfigError(f"data.debias.style_swap.codec_checkpoint: {path} is a "
                           f"{ccfg.method.name} checkpoint; the codec needs a DRANet one")
     r = ccfg.method.dranet
-    translator = DRANetTranslator(width=r.width, num_down=r.num_down, gen_norm=r.gen_norm,
-                                  style_mod=r.style_mod)
+    translator = build_translator(r)
     state = {k[len("translator."):]: v for k, v in ckpt["state_dict"].items()
              if k.startswith("translator.")}
     translator.load_state_dict(state, strict=True)

@@ -200,23 +200,28 @@ class AdversarialConfig:
 
 @dataclass
 class DRANetConfig:
-    """DRANet (Lee et al. CVPR 2021). Translator: encoder/separator/generator of base `width`
-    with `num_down` stride-2 stages; gen_norm: batch | bin | instance. Discriminators: PatchGAN
-    (`d_width`, `d_layers`, spectral norm) per domain, loss `gan_loss` (hinge | lsgan | vanilla).
-    Perceptual: `perceptual` = lite (random conv features, CPU/toy; honest: not a pretrained
-    metric) | vgg19 (`perceptual_weights` = local torchvision vgg19 state dict). CADT attention
-    temperature `cadt_temperature`. Loss weights w_*; the task network trains on source
-    translated to the target style (w_seg_translated) and on raw source (w_seg_source).
-    task_to_translator: the translated-image task loss also trains E/S/G (w_task_translator).
-    style_mod: AdaIN-style generator (every stage instance-normalised and re-styled by the style
-    code); gen_norm is then unused.
-    content_norm: compare perceptual content on instance-normalised features (per-channel
-    statistics are style; without it the content loss opposes the translation).
+    """DRANet (Lee et al. CVPR 2021). One architecture at every scale (configs/methods/dranet.yaml
+    holds the method's switches and loss weights; the toy and real configs change sizes only).
+
+    Translator: encoder (4x4 stride-2 stem of `width` channels, num_down - 1 further stride-2
+    stages, `num_res` residual blocks, `enc_norm` normalisation), separator, and a
+    style-modulated generator (AdaIN at every stage, no batch statistics) with a sub-pixel
+    output; features have width * 2**num_down channels at 1/2**num_down. Discriminators:
+    PatchGAN (`d_width`, `d_layers`, spectral norm) per domain, loss `gan_loss`
+    (hinge | lsgan | vanilla). Perceptual: `perceptual` = lite (random conv features, CPU/toy;
+    not a pretrained metric) | vgg19 (`perceptual_weights` = local torchvision vgg19 state
+    dict). CADT attention temperature `cadt_temperature`. Loss weights w_*; the task network
+    trains on source translated to the target style (w_seg_translated) and on raw source
+    (w_seg_source). task_to_translator: the translated-image task loss also trains E/S/G
+    (w_task_translator). content_norm: compare perceptual content on instance-normalised
+    features (per-channel statistics are style; without it the content loss opposes the
+    translation). checkpointing: recompute the perceptual network's activations on translated
+    images in backward instead of keeping them (less memory, a little more time).
     Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
     width: int = 32
-    num_down: int = 2
-    gen_norm: str = "batch"
-    style_mod: bool = False
+    num_down: int = 1
+    num_res: int = 2
+    enc_norm: str = "batch"
     d_width: int = 64
     d_layers: int = 3
     gan_loss: str = "lsgan"
@@ -238,6 +243,16 @@ class DRANetConfig:
     w_seg_source: float = 1.0
     task_to_translator: bool = False
     w_task_translator: float = 0.1
+    checkpointing: bool = False
+
+
+# Keys that existed once: a clear error instead of "key not in the schema".
+_REMOVED_KEYS = {
+    "method.dranet.gen_norm": "the DRANet generator is always style-modulated (AdaIN, no batch "
+                              "statistics); delete the key (the encoder's is method.dranet.enc_norm)",
+    "method.dranet.style_mod": "the DRANet generator is always style-modulated (AdaIN); delete "
+                               "the key",
+}
 
 
 @dataclass
@@ -343,6 +358,8 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     """The YAML file and its `defaults: [other.yaml, ...]` parents, parents first."""
     path = path.resolve()
     if path in seen:
+        if key in _REMOVED_KEYS:
+            raise ConfigError(f"{source}: '{key}' was removed: {_REMOVED_KEYS[key]}") from None
         raise ConfigError(f"{path}: circular 'defaults' chain")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -391,7 +408,7 @@ _CHOICES = {
     "model.name": ("small", "deeplabv2", "drn_c26"),
     "model.backbone": ("resnet101", "resnet50"),
     "method.name": ("source_only", "oracle", "adversarial", "dranet"),
-    "method.dranet.gen_norm": ("batch", "bin", "instance", "none"),
+    "method.dranet.enc_norm": ("batch", "bin", "instance", "none"),
     "method.dranet.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.dranet.perceptual": ("lite", "vgg19"),
     "method.adversarial.d_input": ("softmax", "entropy"),

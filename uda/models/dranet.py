@@ -20,23 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uda.models.translation import (Encoder, Generator, ModulatedGenerator, Separator,
-                                    cadt_attention, cadt_mix)
+from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
 
 
 class DRANetTranslator(nn.Module):
-    def __init__(self, width: int = 32, num_down: int = 2, gen_norm: str = "batch",
-                 domains: Sequence[str] = ("source", "target"), style_mod: bool = False):
-        """style_mod: the generator is instance-normalised and re-styled by the style code at
-        every stage (AdaIN); gen_norm then does not apply."""
+    def __init__(self, width: int = 32, num_down: int = 1, num_res: int = 2,
+                 enc_norm: str = "batch", domains: Sequence[str] = ("source", "target")):
+        """width: the encoder's first width (features have width * 2**num_down channels);
+        num_down: stride-2 stages (features at 1/2**num_down); num_res: residual blocks in the
+        encoder and in the generator; enc_norm: the encoder's normalisation (batch | bin |
+        instance | none)."""
         super().__init__()
-        self.encoder = Encoder(3, width=width, num_down=num_down)
+        self.encoder = Encoder(3, width=width, num_down=num_down, norm=enc_norm, num_res=num_res)
         self.num_down = num_down  # inputs must be divisible by 2 ** num_down
         channels = self.encoder.out_channels
         self.separator = Separator(channels, domains)
-        self.style_mod = style_mod
-        self.generator = (ModulatedGenerator(channels, channels, 3, num_up=num_down) if style_mod
-                          else Generator(channels, 3, num_up=num_down, norm=gen_norm))
+        self.generator = Generator(channels, channels, 3, num_up=num_down, num_res=num_res)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Replicate-pad (B,C,H,W) at the bottom and right to multiples of 2 ** num_down."""
@@ -45,15 +44,28 @@ class DRANetTranslator(nn.Module):
         return F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
-        content, rest = self.separator(self.encoder(x), domain)
-        return content, rest.mean(dim=(2, 3), keepdim=True)
+        return self.encode_many([(x, domain)])[0]
+
+    def encode_many(self, batches: Sequence[tuple[torch.Tensor, str]]
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(images, domain), ...] -> [(content, style), ...], encoded as ONE batch.
+
+        Training encodes source and target together: the encoder's BatchNorm then normalises
+        with statistics of both domains, as its running statistics (used in eval mode) do. Per
+        domain batches would each be normalised to zero mean, removing in training exactly
+        the per-domain style that the separator is to find, and train-mode translations would
+        differ from eval-mode ones."""
+        sizes = [x.shape[0] for x, _ in batches]
+        domains = [d for (x, d) in batches for _ in range(x.shape[0])]
+        feat = self.encoder(torch.cat([x for x, _ in batches]))
+        content, rest = self.separator.split(feat, domains)
+        styles = rest.mean(dim=(2, 3), keepdim=True)
+        return list(zip(content.split(sizes), styles.split(sizes)))
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame (and, with style_mod,
-        the code modulating every generator stage)."""
-        if self.style_mod:
-            return self.generator(content + style, style.flatten(1))
-        return self.generator(content + style)
+        """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame, the code also
+        modulating every generator stage."""
+        return self.generator(content + style, style.flatten(1))
 
     @staticmethod
     def attention(content_src: torch.Tensor, content_bank: torch.Tensor,

@@ -89,23 +89,31 @@ class ResidualBlock(nn.Module):
 class Encoder(nn.Module):
     """Image (B, in_channels, H, W) in [-1, 1] -> features F (B, C_f, H/2^num_down, W/2^num_down).
 
-    C_f = width * 2**num_down (attribute `out_channels`). H and W must be divisible by
-    2**num_down (ValueError otherwise): the generator must return an image aligned pixel for
-    pixel with the input, which silent padding would break for the caller.
+    A 4x4 stride-2 stem (in_channels -> width), num_down - 1 further stride-2 convs doubling the
+    channels, num_res residual blocks, and a 3x3 conv doubling the channels once more (ReLU, no
+    norm), so C_f = width * 2**num_down (attribute `out_channels`). Nothing runs at full
+    resolution but the stem's input (the official DRANet encoder has the same shape at
+    num_down=1: 32 channels at 1/2, then 64). H and W must be divisible by 2**num_down
+    (ValueError otherwise): the generator must return an image aligned pixel for pixel with the
+    input, which silent padding would break for the caller.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 32, num_down: int = 2,
+    def __init__(self, in_channels: int = 3, width: int = 32, num_down: int = 1,
                  norm: str = "batch", num_res: int = 2):
         super().__init__()
+        if num_down < 1:
+            raise ValueError(f"num_down must be >= 1, got {num_down}")
         self.factor = 2 ** num_down
-        layers: list[nn.Module] = [conv_norm_relu(in_channels, width, norm)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1, bias=norm == "none"),
+                                   make_norm(norm, width), nn.ReLU(inplace=True)]
         c = width
-        for _ in range(num_down):
+        for _ in range(num_down - 1):
             layers.append(conv_norm_relu(c, 2 * c, norm, stride=2))
             c *= 2
         layers += [ResidualBlock(c, norm) for _ in range(num_res)]
+        layers += [nn.Conv2d(c, 2 * c, 3, 1, 1), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
-        self.out_channels = c
+        self.out_channels = 2 * c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -120,7 +128,10 @@ class Separator(nn.Module):
 
     forward(feat (B, C, h, w), domain: str) -> (content, style), both (B, C, h, w), with
     content = sigmoid(w_domain) * S(feat) and style = feat - content, so content + style equals
-    feat (up to float rounding). S is conv-norm-relu-conv, shared by the domains.
+    feat (up to float rounding). S is conv-ReLU-conv without normalisation (as the official
+    separator), shared by the domains, so the split of an image never depends on the rest of
+    its batch. `split(feat, domains)` does the same for a batch whose images come from
+    several domains (S runs once; each image gets its own domain's gate).
 
     The domain weights w_domain have shape (1, C, 1, 1): one gate per channel, no spatial dims.
     The official DRANet weight is per pixel, (1, C, h, w), which ties the model to one input size;
@@ -129,49 +140,32 @@ class Separator(nn.Module):
     An unknown domain raises KeyError naming the allowed ones.
     """
 
-    def __init__(self, channels: int, domains: Sequence[str] = ("source", "target"),
-                 norm: str = "batch"):
+    def __init__(self, channels: int, domains: Sequence[str] = ("source", "target")):
         super().__init__()
         self.domains = tuple(domains)
         if not self.domains or len(set(self.domains)) != len(self.domains):
             raise ValueError(f"domains must be distinct and non-empty, got {self.domains}")
-        self.body = nn.Sequential(conv_norm_relu(channels, channels, norm),
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(channels, channels, 3, 1, 1))
         self.weights = nn.ParameterDict(
             {d: nn.Parameter(torch.zeros(1, channels, 1, 1)) for d in self.domains})
 
-    def forward(self, feat: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def gate(self, domain: str) -> torch.Tensor:
         if domain not in self.domains:
             raise KeyError(f"unknown domain {domain!r}; allowed: {list(self.domains)}")
-        content = torch.sigmoid(self.weights[domain]) * self.body(feat)
+        return torch.sigmoid(self.weights[domain])
+
+    def forward(self, feat: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        content = self.gate(domain) * self.body(feat)
         return content, feat - content
 
-
-class Generator(nn.Module):
-    """content + style (B, C, h, w) -> image (B, out_channels, h*2^num_up, w*2^num_up) in [-1, 1].
-
-    Residual blocks, then num_up stages of nearest upsampling + 3x3 conv (no transposed conv, so
-    no checkerboard artefacts), halving channels at each stage; a 3x3 conv and tanh. norm is
-    "batch" or "bin" (BatchInstanceNorm2d; IN removes per-image contrast, the mix lets the
-    network learn where that helps), or "instance" / "none". C must be divisible by 2**num_up.
-    """
-
-    def __init__(self, channels: int, out_channels: int = 3, num_up: int = 2,
-                 norm: str = "batch", num_res: int = 2):
-        super().__init__()
-        if channels % (2 ** num_up):
-            raise ValueError(f"channels={channels} is not divisible by 2**num_up={2 ** num_up}")
-        layers: list[nn.Module] = [ResidualBlock(channels, norm) for _ in range(num_res)]
-        c = channels
-        for _ in range(num_up):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                       conv_norm_relu(c, c // 2, norm)]
-            c //= 2
-        layers += [nn.Conv2d(c, out_channels, 3, 1, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.net(feat)
+    def split(self, feat: torch.Tensor, domains: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """feat (B, C, h, w) with one domain name per image -> (content, style)."""
+        if len(domains) != feat.shape[0]:
+            raise ValueError(f"{len(domains)} domain names for a batch of {feat.shape[0]}")
+        gates = torch.cat([self.gate(d) for d in domains])
+        content = gates * self.body(feat)
+        return content, feat - content
 
 
 class StyleModulation(nn.Module):
@@ -189,51 +183,73 @@ class StyleModulation(nn.Module):
         return x * (1 + gamma[..., None, None]) + beta[..., None, None]
 
 
+def _modulated_in(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm then x * (1 + gamma) + beta as ONE per-(image, channel) affine of x: autograd
+    keeps x and the (B, C) statistics, not the normalised map as well (AdaIN in fused form)."""
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    scale = (1 + gamma[..., None, None]) * torch.rsqrt(var + eps)
+    return x * scale + (beta[..., None, None] - mean * scale)
+
+
 class _ModulatedConv(nn.Module):
     """conv -> instance norm -> style modulation (AdaIN) [-> ReLU]."""
 
     def __init__(self, cin: int, cout: int, style_dim: int, relu: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-        self.norm = nn.InstanceNorm2d(cout, affine=False)
         self.mod = StyleModulation(style_dim, cout)
         self.relu = relu
 
     def forward(self, x, style):
-        x = self.mod(self.norm(self.conv(x)), style)
-        return torch.relu(x) if self.relu else x
+        gamma, beta = self.mod.affine(style).chunk(2, dim=1)
+        x = _modulated_in(self.conv(x), gamma, beta)
+        return torch.relu_(x) if self.relu else x
 
 
-class ModulatedGenerator(nn.Module):
-    """Generator whose every stage is instance-normalised and re-styled by the style code
-    (AdaIN, as in MUNIT): a global colour/contrast change of the whole frame is one scale and
-    shift per channel, which an additive code at the input controls only weakly.
-    forward(feat (B,C,h,w), style (B,S)) -> (B, out_channels, h*2^num_up, w*2^num_up) in [-1,1].
+class Generator(nn.Module):
+    """Style-modulated generator: every stage is instance-normalised and re-styled by the style
+    code (AdaIN, as in MUNIT). forward(feat (B,C,h,w), style (B,S)) -> (B, out_channels,
+    h*2^num_up, w*2^num_up) in [-1, 1].
+
+    A modulated conv C -> C/2, num_res modulated residual blocks at C/2, num_up - 1 stages of
+    nearest upsampling + modulated conv halving the channels, and a sub-pixel output (a 3x3 conv
+    to out_channels * 4 and PixelShuffle(2), initialised so the four sub-pixels agree: no
+    checkerboard at the start). Nothing is computed at full resolution but the output.
+
+    No batch statistics anywhere: a translation never depends on the rest of the batch, train
+    and eval mode give the same image, and a style code shared by the whole batch (CADT over a
+    target batch gives nearly that) still reaches every stage. BatchNorm in a generator removes
+    exactly such a batch-constant per-channel code in training mode.
     """
 
-    def __init__(self, channels: int, style_dim: int, out_channels: int = 3, num_up: int = 2,
+    def __init__(self, channels: int, style_dim: int, out_channels: int = 3, num_up: int = 1,
                  num_res: int = 2):
         super().__init__()
-        if channels % (2 ** num_up):
+        if num_up < 1 or channels % (2 ** num_up):
             raise ValueError(f"channels={channels} is not divisible by 2**num_up={2 ** num_up}")
+        c = channels // 2
+        self.inp = _ModulatedConv(channels, c, style_dim)
         self.res = nn.ModuleList(
-            nn.ModuleList([_ModulatedConv(channels, channels, style_dim),
-                           _ModulatedConv(channels, channels, style_dim, relu=False)])
+            nn.ModuleList([_ModulatedConv(c, c, style_dim),
+                           _ModulatedConv(c, c, style_dim, relu=False)])
             for _ in range(num_res))
         self.up = nn.ModuleList()
-        c = channels
-        for _ in range(num_up):
+        for _ in range(num_up - 1):
             self.up.append(_ModulatedConv(c, c // 2, style_dim))
             c //= 2
-        self.out = nn.Conv2d(c, out_channels, 3, 1, 1)
+        self.out = nn.Conv2d(c, out_channels * 4, 3, 1, 1)
+        with torch.no_grad():  # ICNR: the 4 sub-pixels of each output channel start identical
+            self.out.weight.copy_(self.out.weight[::4].repeat_interleave(4, dim=0))
+            self.out.bias.copy_(self.out.bias[::4].repeat_interleave(4))
 
     def forward(self, feat: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        x = feat
+        x = self.inp(feat, style)
         for a, b in self.res:
             x = x + b(a(x, style), style)
         for stage in self.up:
             x = stage(F.interpolate(x, scale_factor=2, mode="nearest"), style)
-        return torch.tanh(self.out(x))
+        return torch.tanh(F.pixel_shuffle(self.out(x), 2))
 
 
 class PatchDiscriminator(nn.Module):

@@ -55,6 +55,15 @@ def build_optimizer(params, o: OptimSettings):
     raise ValueError(f"unknown optimizer '{o.name}' (method.optim.name: sgd | adam)")
 
 
+def forward_keeping_buffers(module: nn.Module, *args):
+    """module(*args) in its current mode, on copies of its buffers: a training-mode forward
+    whose BatchNorm running statistics and batch counters must not move (the module's own
+    buffers are untouched; the copies are discarded). Normalisation still uses the batch's
+    statistics, so the gradients are those of a training forward."""
+    buffers = {name: buf.clone() for name, buf in module.named_buffers()}
+    return torch.func.functional_call(module, buffers, args)
+
+
 class NonFiniteLossError(RuntimeError):
     """A NaN/Inf loss beyond the allowed number of skipped iterations."""
 
@@ -139,13 +148,28 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
             with torch.no_grad():  # the bad forward already moved BN statistics: undo it
                 for buf, saved in zip(self.buffers(), self._buffer_snapshot):
                     buf.copy_(saved)
+            self._count_skipped_steps()
             return False
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
+        self._steps_this_iteration = getattr(self, "_steps_this_iteration", 0) + 1
         return True
 
+    def _count_skipped_steps(self) -> None:
+        """A skipped step ends its iteration (the recipe returns): count the optimizer steps the
+        iteration will not take, so that Lightning's global_step stays exactly
+        optimizer_steps_per_iteration x iterations and `iteration` (seeds, schedules of
+        validation, checkpoints, max_steps) does not drift after a skip."""
+        missing = self.optimizer_steps_per_iteration - getattr(self, "_steps_this_iteration", 0)
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(max(missing, 0)):
+            progress.increment_ready()
+            progress.increment_completed()
+        self._steps_this_iteration = self.optimizer_steps_per_iteration
+
     def on_train_batch_start(self, batch, batch_idx):
+        self._steps_this_iteration = 0
         if self.max_nonfinite_skips > 0:  # buffers are small (BN statistics): cheap to keep
             self._buffer_snapshot = [b.detach().clone() for b in self.buffers()]
 

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from uda.losses import segmentation_ce
 from uda.losses.gan import discriminator_loss, generator_loss
@@ -26,7 +27,7 @@ from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
 from uda.models.translation import cadt_mix
-from uda.modules.base import SegmentationModule
+from uda.modules.base import SegmentationModule, forward_keeping_buffers
 
 DOMAINS = ("source", "target")
 
@@ -40,7 +41,7 @@ class DRANet(SegmentationModule):
                  lr_translator: float = 2e-4, lr_d: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), gan_loss: str = "lsgan",
                  cadt_temperature: float = 0.1, task_to_translator: bool = False,
-                 content_norm: bool = True, **common):
+                 content_norm: bool = True, checkpointing: bool = False, **common):
         """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...)."""
         super().__init__(segmenter, class_names, **common)
         self.translator = translator
@@ -52,6 +53,7 @@ class DRANet(SegmentationModule):
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
         self.content_norm = content_norm
+        self.checkpointing = checkpointing
 
     # --- image spaces ---------------------------------------------------------------------
     @torch.no_grad()
@@ -71,10 +73,10 @@ class DRANet(SegmentationModule):
 
     # --- the steps ----------------------------------------------------------------------------
     def translate(self, u_s: torch.Tensor, u_t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All translator outputs of one iteration (with gradients)."""
+        """All translator outputs of one iteration (with gradients). Both domains are encoded
+        as one batch (see DRANetTranslator.encode_many)."""
         tr = self.translator
-        c_s, s_s = tr.encode(u_s, "source")
-        c_t, s_t = tr.encode(u_t, "target")
+        (c_s, s_s), (c_t, s_t) = tr.encode_many([(u_s, "source"), (u_t, "target")])
         attn_st = tr.attention(c_s, c_t, self.temperature)  # each source picks target styles
         attn_ts = tr.attention(c_t, c_s, self.temperature)
         x_st, style_st = tr.transfer(c_s, s_t, attn_st)
@@ -83,34 +85,60 @@ class DRANet(SegmentationModule):
                     x_st=x_st, x_ts=x_ts, style_st=style_st, style_ts=style_ts,
                     attn_st=attn_st, attn_ts=attn_ts)
 
+    @torch.no_grad()
+    def real_targets(self, u_s: torch.Tensor, u_t: torch.Tensor) -> dict[str, dict]:
+        """What the perceptual losses need of the real images, and nothing more: the content
+        layer's features and the style layers' Gram matrices, per domain (one no-grad pass over
+        both batches; the full feature maps are not kept for the step)."""
+        pn, b = self.perceptual, u_s.shape[0]
+        feats = pn(torch.cat([u_s, u_t]))
+        out = {}
+        for name, sl in (("source", slice(0, b)), ("target", slice(b, None))):
+            out[name] = {"content": feats[pn.content_layer][sl],
+                         "grams": {k: gram_matrix(feats[k][sl]) for k in pn.style_layers}}
+        return out
+
+    def translated_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Perceptual features of translated images (gradients reach the translator). With
+        activation checkpointing, the network's activations are recomputed in backward instead
+        of being kept: the largest saving of memory at real sizes (VGG at full resolution)."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.perceptual, x, use_reentrant=False)
+        return self.perceptual(x)
+
     def d_loss(self, u_s, u_t, out) -> torch.Tensor:
         d = self.discriminators
         return (discriminator_loss(d["target"](u_t), d["target"](out["x_st"].detach()), self.gan_loss)
                 + discriminator_loss(d["source"](u_s), d["source"](out["x_ts"].detach()), self.gan_loss))
 
-    def translator_losses(self, u_s, u_t, out, p_s, p_t, mask_s) -> dict[str, torch.Tensor]:
-        """E/S/G losses; p_s, p_t: perceptual features of the real images (no gradients)."""
+    def translator_losses(self, u_s, u_t, out, real, mask_s) -> dict[str, torch.Tensor]:
+        """E/S/G losses; `real`: what `real_targets` returned for this batch."""
         d, pn, tr = self.discriminators, self.perceptual, self.translator
-        q_st, q_ts = pn(out["x_st"]), pn(out["x_ts"])
+        b = out["x_st"].shape[0]
+        q = self.translated_features(torch.cat([out["x_st"], out["x_ts"]]))
+        q_st = {k: v[:b] for k, v in q.items()}
+        q_ts = {k: v[b:] for k, v in q.items()}
         grams = lambda feats: {k: gram_matrix(feats[k]) for k in pn.style_layers}  # noqa: E731
-        g_t, g_s = grams(p_t), grams(p_s)
-        mixed_t = {k: cadt_mix(out["attn_st"], v) for k, v in g_t.items()}
-        mixed_s = {k: cadt_mix(out["attn_ts"], v) for k, v in g_s.items()}
-        c_st, s_st = tr.encode(out["x_st"], "target")
-        c_ts, s_ts = tr.encode(out["x_ts"], "source")
+        mixed_t = {k: cadt_mix(out["attn_st"], v) for k, v in real["target"]["grams"].items()}
+        mixed_s = {k: cadt_mix(out["attn_ts"], v) for k, v in real["source"]["grams"].items()}
+        (c_st, s_st), (c_ts, s_ts) = tr.encode_many([(out["x_st"], "target"),
+                                                     (out["x_ts"], "source")])
         ck = pn.content_layer
         losses = {
             "rec": reconstruction_loss(out["rec_s"], u_s) + reconstruction_loss(out["rec_t"], u_t),
             "adv": generator_loss(d["target"](out["x_st"]), self.gan_loss)
                    + generator_loss(d["source"](out["x_ts"]), self.gan_loss),
-            "content": content_loss(q_st[ck], p_s[ck], self.content_norm)
-                       + content_loss(q_ts[ck], p_t[ck], self.content_norm),
+            "content": content_loss(q_st[ck], real["source"]["content"], self.content_norm)
+                       + content_loss(q_ts[ck], real["target"]["content"], self.content_norm),
             "style": style_loss(grams(q_st), mixed_t) + style_loss(grams(q_ts), mixed_s),
             "consistency": consistency_loss(c_st, out["c_s"]) + consistency_loss(s_st, out["style_st"])
                            + consistency_loss(c_ts, out["c_t"]) + consistency_loss(s_ts, out["style_ts"]),
         }
-        if self.task_to_translator:  # segmenter frozen here (toggled off): gradient reaches E/S/G
-            losses["task_translator"] = segmentation_ce(self.segmenter(self.from_unit(out["x_st"])), mask_s)
+        if self.task_to_translator:
+            # segmenter frozen here (toggled off): the gradient reaches E/S/G only; its BN
+            # statistics are those of the task step alone (this forward must not move them)
+            logits = forward_keeping_buffers(self.segmenter, self.from_unit(out["x_st"]))
+            losses["task_translator"] = segmentation_ce(logits, mask_s)
         return losses
 
     def codec_translator(self) -> nn.Module:
@@ -131,8 +159,7 @@ class DRANet(SegmentationModule):
         opt_d, opt_g, opt_seg = self.optimizers()
         x_s, mask_s, x_t = batch["source"]["image"], batch["source"]["mask"], batch["target"]["image"]
         u_s, u_t = self.to_unit(x_s), self.to_unit(x_t)
-        with torch.no_grad():
-            p_s, p_t = self.perceptual(u_s), self.perceptual(u_t)  # once per iteration
+        real = self.real_targets(u_s, u_t)  # once per iteration, no gradients
 
         self.toggle_optimizer(opt_g)  # translate with gradients for E/S/G only
         out = self.translate(u_s, u_t)
@@ -146,7 +173,7 @@ class DRANet(SegmentationModule):
             return
 
         self.toggle_optimizer(opt_g)
-        g_losses = self.translator_losses(u_s, u_t, out, p_s, p_t, mask_s)
+        g_losses = self.translator_losses(u_s, u_t, out, real, mask_s)
         ok = self.backward_step(opt_g, self.weighted(g_losses), "translator")
         self.untoggle_optimizer(opt_g)
         if not ok:
