@@ -92,7 +92,10 @@ def fake(monkeypatch, tmp_path):
                                cfg.data.target.root))
         if calls.get("fail_at") == (shift, run.parts[-2]):
             raise RuntimeError("simulated crash")
-        return {"mIoU": MIOU[shift, run.parts[-2]] + cfg.seed, "per_class_iou": {"car": 1.0}}
+        res = {"mIoU": MIOU[shift, run.parts[-2]] + cfg.seed, "per_class_iou": {"car": 1.0}}
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "results.json").write_text(json.dumps(res))  # as uda.train does
+        return res
 
     def make_toy(out, shift=None, **kw):
         calls["make_toy"].append((Path(out), shift, kw))
@@ -146,6 +149,13 @@ def test_partial_results_survive_a_crash(fake, tmp_path):
     assert list(saved["shifts"]["1"]) == ["source_only", "adversarial"]
     assert saved["summary"]["methods"]["adversarial"]["gap_recovered"] == pytest.approx({"0": .3})
     assert not (tmp_path / "out/benchmark.md").exists()
+    # the same command again resumes: finished runs are read back, only the rest trains
+    fake["fail_at"], done = None, len(fake["train"])
+    res = benchmark_toy(1, ["source_only", "adversarial", "oracle"], str(tmp_path / "data"),
+                        str(tmp_path / "out"), shifts=[0, 1])
+    assert [r for r, _, _ in fake["train"][done:]] == ["shift1/oracle/seed0"]
+    assert res["shifts"]["0"]["oracle"]["mIoU"] == saved["shifts"]["0"]["oracle"]["mIoU"]
+    assert (tmp_path / "out/benchmark.md").exists()
 
 
 def test_refusals_happen_before_training(fake, tmp_path):

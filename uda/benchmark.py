@@ -119,6 +119,15 @@ def _config(method: str, config_dir) -> Path:
     return config
 
 
+def _finished_run(run_dir: Path) -> tuple[dict | None, float]:
+    """(results, wall seconds) of a run this benchmark finished earlier in run_dir, or (None, 0):
+    an interrupted benchmark re-run with the same --out resumes where it stopped."""
+    res, timing = run_dir / "results.json", run_dir / "benchmark_run.json"
+    if not (res.is_file() and timing.is_file()):
+        return None, 0.0
+    return json.loads(res.read_text()), float(json.loads(timing.read_text())["wall_s"])
+
+
 def _run_method(method: str, data_dir: Path, run_root: Path, seeds: int, overrides, config_dir,
                 class_iou: str | None, train) -> dict:
     """Train `method` for seeds 0..seeds-1 on data_dir into run_root/<method>/seed<s>; its row."""
@@ -129,10 +138,14 @@ def _run_method(method: str, data_dir: Path, run_root: Path, seeds: int, overrid
                                    f"data.target.root={data_dir / 'target'}",
                                    f"seed={seed}", f"run.dir={run_root / method / f'seed{seed}'}",
                                    *(overrides or [])])
-        start = time.perf_counter()
-        res = train(cfg)
+        res, wall = _finished_run(Path(cfg.run.dir))
+        if res is None:  # not run yet (a finished run is read back, never trained over)
+            start = time.perf_counter()
+            res = train(cfg)
+            wall = time.perf_counter() - start
+            write_json_atomic(Path(cfg.run.dir) / "benchmark_run.json", {"wall_s": wall})
         results.append(res["mIoU"])
-        walls.append(time.perf_counter() - start)
+        walls.append(wall)
         if class_iou:
             if class_iou not in res["per_class_iou"]:
                 raise ValueError(f"--class-iou {class_iou!r} is not a class name "
