@@ -272,8 +272,11 @@ def report(a, res: dict) -> tuple[str, dict]:
     params = "; ".join(f"{n} " + " / ".join(f"{res[n]['params_m'][r]:.2f}" for r in ROLES)
                        for n in res)
     device = torch.cuda.get_device_name() if a.device == "cuda" else cpu_name()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "?"
+    git = lambda *cmd: subprocess.run(["git", "-C", str(REPO), *cmd],  # noqa: E731
+                                      capture_output=True, text=True).stdout.strip()
+    commit = (git("rev-parse", "--short", "HEAD") or "?") + (
+        " + uncommitted changes in uda/ configs/" if git("status", "--porcelain", "uda", "configs")
+        else "")
     h, w = a.hw
     lines += [f"\nparams M ({' / '.join(ROLES)}): {params}",
               f"{h}x{w}, batch {a.batch} source + {a.batch} target; {a.threads} thread(s); "
