@@ -239,6 +239,10 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         callbacks = [*callbacks, IoUTable(),
                      panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
                                         mean=tuple(mean), std=tuple(std))]
+    if cfg.method.name == "dranet" and cfg.eval.translation_images > 0:
+        from uda.translation_callback import TranslationQuality
+        callbacks = [*callbacks, TranslationQuality(cfg.eval.translation_images,
+                                                    reference=cfg.eval.translation_reference)]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
     return pl.Trainer(

@@ -54,10 +54,27 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_translate(args) -> int:
-    from uda.translate import translate
-    n = translate(args.checkpoint, args.input, args.output, args.num_styles, args.config,
-                  args.overrides)
-    print(f"{n} source frames translated into the target style under {args.output}")
+    from uda.config import ConfigError
+    if not args.score:
+        given = [f for f, v in (("--reference", args.reference), ("--num-images", args.num_images),
+                                ("--score-output", args.score_output)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --score")
+        if args.output is None:
+            raise ConfigError("--output is required (optional only with --score)")
+        from uda.translate import translate
+        n = translate(args.checkpoint, args.input, args.output, args.num_styles, args.config,
+                      args.overrides)
+        print(f"{n} source frames translated into the target style under {args.output}")
+        return 0
+    if args.reference is None:
+        raise ConfigError("--score needs --reference CKPT (a segmentation checkpoint trained on "
+                          "labelled target images, e.g. an oracle run's last.ckpt)")
+    from uda.translation_quality import translate_and_score
+    translate_and_score(args.checkpoint, args.input, args.reference, output=args.output,
+                        num_styles=args.num_styles, num_images=args.num_images,
+                        score_output=args.score_output, config_file=args.config,
+                        overrides=args.overrides)
     return 0
 
 
@@ -130,11 +147,21 @@ def make_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="render a source dataset in the target style "
                         "(DRANet checkpoint)", description="Write the source dataset translated "
-                        "into the target style, same layout, original labels copied.")
+                        "into the target style, same layout, original labels copied. --score: "
+                        "measure the translation (FCN-score of a reference segmenter, style "
+                        "Fréchet distances), with or without writing it.")
     tr.add_argument("--checkpoint", required=True, help="a DRANet run's checkpoint")
     tr.add_argument("--input", required=True, help="source dataset root (its official layout)")
-    tr.add_argument("--output", required=True, help="output root (same layout)")
+    tr.add_argument("--output", help="output root (same layout); optional with --score")
     tr.add_argument("--num-styles", type=int, default=16, help="target frames in the style bank")
+    tr.add_argument("--score", action="store_true", help="score the translation: reference "
+                    "mIoU on target val, untranslated and translated source (FCN-score); style "
+                    "distances to target val and the gap closed")
+    tr.add_argument("--reference", metavar="CKPT", help="with --score: reference segmentation "
+                    "checkpoint trained on labelled target images (e.g. an oracle run's)")
+    tr.add_argument("--num-images", type=int, help="with --score: source frames scored, evenly "
+                    "spaced over the split (default all)")
+    tr.add_argument("--score-output", metavar="JSON", help="with --score: write the scores here")
     tr.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
     tr.add_argument("overrides", nargs="*", help="key=value overrides")
     tr.set_defaults(func=_cmd_translate)

@@ -298,12 +298,19 @@ class EvalConfig:
     """Evaluation protocol (validation during training, `uda evaluate`): predict at the
     eval_transform size, upsample logits bilinearly to the label's native resolution.
     mode: whole | slide (crop/stride [h, w] windows); flip: add the mirrored pass;
-    scales: input rescale factors averaged (multi-scale)."""
+    scales: input rescale factors averaged (multi-scale).
+    translation_reference: a segmentation checkpoint trained on labelled target images (e.g. an
+    oracle run's); DRANet runs then also log its FCN-score on translated source frames at each
+    validation (a diagnostic: never used for training or model selection).
+    translation_images: source-train and target-val images on which DRANet runs log the
+    translation quality (val_translation/*) at each validation; 0 turns it off."""
     mode: str = "whole"
     crop: Optional[List[int]] = None
     stride: Optional[List[int]] = None
     flip: bool = False
     scales: List[float] = field(default_factory=lambda: [1.0])
+    translation_reference: Optional[str] = None
+    translation_images: int = 16
 
 
 @dataclass
@@ -453,6 +460,12 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.mode=slide needs eval.crop and eval.stride ([height, width])")
     if not e.scales or min(e.scales) <= 0:
         raise ConfigError(f"eval.scales must be positive factors, got {list(e.scales)}")
+    if e.translation_images < 0:
+        raise ConfigError(f"eval.translation_images must be >= 0, got {e.translation_images}")
+    if e.translation_reference and not Path(e.translation_reference).is_file():
+        raise ConfigError(f"eval.translation_reference: checkpoint {e.translation_reference} not "
+                          "found (a reference segmentation checkpoint, e.g. an oracle run's "
+                          "last.ckpt; eval.translation_reference=null turns it off)")
     for name in ("source_transform", "target_transform", "eval_transform"):
         t = cfg.data[name]
         for k in ("resize", "crop"):
