@@ -180,3 +180,10 @@ def test_a_skipped_step_does_not_shift_the_iteration_count(toy_root, tmp_path, b
     module, trainer = _fit(cfg, [log])
     assert log.seen == [0, 1, 2]
     assert trainer.global_step == 9 and module.iteration == 3
+
+
+@pytest.mark.parametrize("key", ["gen_norm=bin", "style_mod=true"])
+def test_removed_generator_keys_are_refused_with_the_reason(key):
+    from uda.config import ConfigError
+    with pytest.raises(ConfigError, match="was removed: the DRANet generator is always"):
+        load_config(REPO / "configs/toy/dranet.yaml", [f"method.dranet.{key}"])

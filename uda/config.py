@@ -358,6 +358,8 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+        if key in _REMOVED_KEYS:
+            raise ConfigError(f"{source}: '{key}' was removed: {_REMOVED_KEYS[key]}") from None
         raise ConfigError(f"{source}: invalid key '{key}': {msg}") from None
 
 
@@ -365,8 +367,6 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     """The YAML file and its `defaults: [other.yaml, ...]` parents, parents first."""
     path = path.resolve()
     if path in seen:
-        if key in _REMOVED_KEYS:
-            raise ConfigError(f"{source}: '{key}' was removed: {_REMOVED_KEYS[key]}") from None
         raise ConfigError(f"{path}: circular 'defaults' chain")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
