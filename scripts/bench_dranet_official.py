@@ -272,19 +272,23 @@ def report(a, res: dict) -> tuple[str, dict]:
     params = "; ".join(f"{n} " + " / ".join(f"{res[n]['params_m'][r]:.2f}" for r in ROLES)
                        for n in res)
     device = torch.cuda.get_device_name() if a.device == "cuda" else cpu_name()
-    git = lambda *cmd: subprocess.run(["git", "-C", str(REPO), *cmd],  # noqa: E731
-                                      capture_output=True, text=True).stdout.strip()
-    commit = (git("rev-parse", "--short", "HEAD") or "?") + (
-        " + uncommitted changes in uda/ configs/" if git("status", "--porcelain", "uda", "configs")
-        else "")
     h, w = a.hw
     lines += [f"\nparams M ({' / '.join(ROLES)}): {params}",
               f"{h}x{w}, batch {a.batch} source + {a.batch} target; {a.threads} thread(s); "
               f"torch {torch.__version__}; {device}; median of {len(ours['times'][a.warmup:])} "
-              f"iters after {a.warmup} warmup; ours at commit {commit}"]
+              f"iters after {a.warmup} warmup; ours at commit {a.commit}"]
     return "\n".join(lines), {"shape": [h, w], "batch": a.batch, "threads": a.threads,
-                              "torch": torch.__version__, "device": device, "commit": commit,
+                              "torch": torch.__version__, "device": device, "commit": a.commit,
                               **res, "ratio": ratio}
+
+
+def commit() -> str:
+    """HEAD, and whether uda/ or configs/ differ from it (ours runs the working tree)."""
+    git = lambda *cmd: subprocess.run(["git", "-C", str(REPO), *cmd],  # noqa: E731
+                                      capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "uda", "configs")
+    return (git("rev-parse", "--short", "HEAD") or "?") + (
+        " + uncommitted changes in uda/ configs/" if dirty else "")
 
 
 def cpu_name() -> str:
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"official side skipped: {why}; measuring ours only", flush=True)
     wargv = [*argv, "--ours-config", str(Path(a.ours_config).resolve()),  # workers chdir
              *(["--official", str(Path(a.official).resolve())] if a.official else [])]
+    a.commit = commit()  # now: the workers import the tree as it is now
     table, figures = report(a, run(a, wargv))
     print(table)
     if a.json:
