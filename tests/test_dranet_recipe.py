@@ -187,3 +187,17 @@ def test_removed_generator_keys_are_refused_with_the_reason(key):
     from uda.config import ConfigError
     with pytest.raises(ConfigError, match="was removed: the DRANet generator is always"):
         load_config(REPO / "configs/toy/dranet.yaml", [f"method.dranet.{key}"])
+
+
+def test_activation_checkpointing_changes_memory_not_results(toy_root, tmp_path):
+    # the generator and the perceptual net on translated images are recomputed in backward;
+    # neither has batch statistics, so training is the same computation
+    states = {}
+    for flag in ("false", "true"):
+        cfg = shrunk_config(toy_root, tmp_path / flag, "dranet", "trainer.max_steps=2",
+                            "logger.name=none", f"method.dranet.checkpointing={flag}")
+        module, _ = _fit(cfg)
+        assert module.translator.checkpointing == (flag == "true") == module.checkpointing
+        states[flag] = {k: v.clone() for k, v in module.state_dict().items()}
+    for k, v in states["false"].items():
+        torch.testing.assert_close(states["true"][k], v, rtol=1e-5, atol=1e-6)

@@ -183,7 +183,7 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
 def build_translator(r) -> DRANetTranslator:
     """The translator of a `method.dranet` config section."""
     return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
-                            enc_norm=r.enc_norm)
+                            enc_norm=r.enc_norm, checkpointing=r.checkpointing)
 
 
 def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:

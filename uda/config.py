@@ -215,8 +215,9 @@ class DRANetConfig:
     (w_seg_source). task_to_translator: the translated-image task loss also trains E/S/G
     (w_task_translator). content_norm: compare perceptual content on instance-normalised
     features (per-channel statistics are style; without it the content loss opposes the
-    translation). checkpointing: recompute the perceptual network's activations on translated
-    images in backward instead of keeping them (less memory, a little more time).
+    translation). checkpointing: activation checkpointing of the generator and of the
+    perceptual network on translated images: their activations are recomputed in backward
+    instead of being kept (less memory, a little more time; results unchanged).
     Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
     width: int = 32
     num_down: int = 1

@@ -19,18 +19,23 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
 
 
 class DRANetTranslator(nn.Module):
     def __init__(self, width: int = 32, num_down: int = 1, num_res: int = 2,
-                 enc_norm: str = "batch", domains: Sequence[str] = ("source", "target")):
+                 enc_norm: str = "batch", domains: Sequence[str] = ("source", "target"),
+                 checkpointing: bool = False):
         """width: the encoder's first width (features have width * 2**num_down channels);
         num_down: stride-2 stages (features at 1/2**num_down); num_res: residual blocks in the
         encoder and in the generator; enc_norm: the encoder's normalisation (batch | bin |
-        instance | none)."""
+        instance | none); checkpointing: decodes with gradients keep only their inputs and
+        recompute the generator in backward (it has no batch statistics, so the recomputation
+        is exact; the encoder's BatchNorm would update its running statistics twice)."""
         super().__init__()
+        self.checkpointing = checkpointing
         self.encoder = Encoder(3, width=width, num_down=num_down, norm=enc_norm, num_res=num_res)
         self.num_down = num_down  # inputs must be divisible by 2 ** num_down
         channels = self.encoder.out_channels
@@ -65,6 +70,9 @@ class DRANetTranslator(nn.Module):
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame, the code also
         modulating every generator stage."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.generator, content + style, style.flatten(1),
+                              use_reentrant=False)
         return self.generator(content + style, style.flatten(1))
 
     @staticmethod
