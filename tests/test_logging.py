@@ -357,7 +357,9 @@ def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_roo
     assert len(mious) >= 2 and mious[-1] == pytest.approx(results["mIoU"])
     assert any("train/loss_d" in h and "train/style" in h for h in history)
     files = offline / "files"
-    tables = sorted((files / "media" / "table" / "val").glob("per_class_iou*.table.json"))
+    # per_class_iou_<wandb step>_<hash>.table.json: the last one by step, not by name
+    tables = sorted((files / "media" / "table" / "val").glob("per_class_iou*.table.json"),
+                    key=lambda p: int(p.name.split("_")[3]))
     assert tables
     last = json.loads(tables[-1].read_text())
     assert last["columns"] == ["class", "IoU"] and len(last["data"]) == 19
