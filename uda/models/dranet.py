@@ -60,6 +60,9 @@ class DRANetTranslator(nn.Module):
         domain batches would each be normalised to zero mean, removing in training exactly
         the per-domain style that the separator is to find, and train-mode translations would
         differ from eval-mode ones."""
+        if len({x.shape[-2:] for x, _ in batches}) > 1:  # frames of different sizes cannot
+            # share one tensor: encoded one by one (in eval mode this changes nothing)
+            return [self.encode_many([pair])[0] for pair in batches]
         sizes = [x.shape[0] for x, _ in batches]
         domains = [d for (x, d) in batches for _ in range(x.shape[0])]
         feat = self.encoder(torch.cat([x for x, _ in batches]))

@@ -98,13 +98,23 @@ class DRANet(SegmentationModule):
                          "grams": {k: gram_matrix(feats[k][sl]) for k in pn.style_layers}}
         return out
 
-    def translated_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Perceptual features of translated images (gradients reach the translator). With
-        activation checkpointing, the network's activations are recomputed in backward instead
-        of being kept: the largest saving of memory at real sizes (VGG at full resolution)."""
+    def perceptual_targets(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(content-layer features, {style layer: Gram matrix}) of translated images x, with
+        gradients to x. Only these leave the perceptual network: its full-resolution maps are
+        never kept beyond the Gram computation. With activation checkpointing each image is a
+        separate checkpoint, so backward recomputes one image's activations at a time."""
+        pn = self.perceptual
+
+        def targets(img):
+            feats = pn(img)
+            return (feats[pn.content_layer], *(gram_matrix(feats[k]) for k in pn.style_layers))
+
         if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.perceptual, x, use_reentrant=False)
-        return self.perceptual(x)
+            parts = [checkpoint(targets, xi, use_reentrant=False) for xi in x.split(1)]
+            outs = [torch.cat(t) for t in zip(*parts)]
+        else:
+            outs = list(targets(x))
+        return outs[0], dict(zip(pn.style_layers, outs[1:]))
 
     def d_loss(self, u_s, u_t, out) -> torch.Tensor:
         d = self.discriminators
@@ -113,24 +123,21 @@ class DRANet(SegmentationModule):
 
     def translator_losses(self, u_s, u_t, out, real, mask_s) -> dict[str, torch.Tensor]:
         """E/S/G losses; `real`: what `real_targets` returned for this batch."""
-        d, pn, tr = self.discriminators, self.perceptual, self.translator
+        d, tr = self.discriminators, self.translator
         b = out["x_st"].shape[0]
-        q = self.translated_features(torch.cat([out["x_st"], out["x_ts"]]))
-        q_st = {k: v[:b] for k, v in q.items()}
-        q_ts = {k: v[b:] for k, v in q.items()}
-        grams = lambda feats: {k: gram_matrix(feats[k]) for k in pn.style_layers}  # noqa: E731
+        content_q, grams_q = self.perceptual_targets(torch.cat([out["x_st"], out["x_ts"]]))
         mixed_t = {k: cadt_mix(out["attn_st"], v) for k, v in real["target"]["grams"].items()}
         mixed_s = {k: cadt_mix(out["attn_ts"], v) for k, v in real["source"]["grams"].items()}
         (c_st, s_st), (c_ts, s_ts) = tr.encode_many([(out["x_st"], "target"),
                                                      (out["x_ts"], "source")])
-        ck = pn.content_layer
         losses = {
             "rec": reconstruction_loss(out["rec_s"], u_s) + reconstruction_loss(out["rec_t"], u_t),
             "adv": generator_loss(d["target"](out["x_st"]), self.gan_loss)
                    + generator_loss(d["source"](out["x_ts"]), self.gan_loss),
-            "content": content_loss(q_st[ck], real["source"]["content"], self.content_norm)
-                       + content_loss(q_ts[ck], real["target"]["content"], self.content_norm),
-            "style": style_loss(grams(q_st), mixed_t) + style_loss(grams(q_ts), mixed_s),
+            "content": content_loss(content_q[:b], real["source"]["content"], self.content_norm)
+                       + content_loss(content_q[b:], real["target"]["content"], self.content_norm),
+            "style": style_loss({k: g[:b] for k, g in grams_q.items()}, mixed_t)
+                     + style_loss({k: g[b:] for k, g in grams_q.items()}, mixed_s),
             "consistency": consistency_loss(c_st, out["c_s"]) + consistency_loss(s_st, out["style_st"])
                            + consistency_loss(c_ts, out["c_t"]) + consistency_loss(s_ts, out["style_ts"]),
         }
