@@ -186,3 +186,14 @@ def test_modulated_generator_is_styled_by_the_code_at_any_size():
     tr = DRANetTranslator(width=8, num_down=2)
     c, s = tr.encode(torch.rand(2, 3, 32, 64) * 2 - 1, "source")
     assert s.shape == (2, 32, 1, 1) and tr.decode(c, s).shape == (2, 3, 32, 64)
+
+
+def test_building_the_lite_network_leaves_the_global_rng_alone():
+    # the translation-quality callback builds one during training: it must not change the run
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = PerceptualNet(kind="lite")
+    assert torch.equal(torch.rand(3), expected)
+    b = PerceptualNet(kind="lite")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -56,7 +56,14 @@ def _vgg19_features() -> tuple[nn.Sequential, dict[str, int], dict[str, int]]:
 
 
 def _lite_features() -> tuple[nn.Sequential, dict[str, int], dict[str, int]]:
-    # A private generator keeps the init identical across runs without touching the global RNG.
+    # A private generator keeps the init identical across runs; fork_rng keeps the global RNG
+    # untouched by nn.Conv2d's own default init (overwritten below), so building this network
+    # (e.g. the translation-quality metric during training) does not change a run's randomness.
+    with torch.random.fork_rng(devices=[]):
+        return _lite_features_unforked()
+
+
+def _lite_features_unforked() -> tuple[nn.Sequential, dict[str, int], dict[str, int]]:
     g = torch.Generator().manual_seed(_LITE_SEED)
     layers: list[nn.Module] = []
     names, cin = {}, 3
