@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from datamodules.io import write_png_atomic
 from uda.evaluation.export import overlay
 from uda.logging_setup import _as_loggers
+from uda.models.modes import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,14 +125,8 @@ class PanelLogger(pl.Callback):
             return
         self._last_train_step = step
         try:
-            modes = {m: m.training for m in pl_module.modules()}
-            pl_module.eval()
-            try:
-                with torch.no_grad():
-                    panels = pl_module.panel_images(batch)
-            finally:
-                for m, flag in modes.items():
-                    m.training = flag
+            with eval_mode(pl_module), torch.no_grad():
+                panels = pl_module.panel_images(batch)
             for key, images in panels.items():
                 rows = _to_uint8(_shrink(images[: self.max_images], self.max_side))
                 self.log_panel(trainer, key, rows, step)

@@ -36,6 +36,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from uda.metrics.style_distance import style_distances
+from uda.models.modes import eval_mode
 
 
 def _fit(image: np.ndarray, mask: np.ndarray | None, max_side: int):
@@ -114,13 +115,8 @@ class TranslationQuality(pl.Callback):
         from uda.translation_quality import ImageSet, fcn_scores
         if not self._ready and not self._prepare(trainer, pl_module):
             return {}
-        tr = pl_module.translator
-        was_training = tr.training
-        tr.eval()
-        try:
+        with eval_mode(pl_module.translator):
             translated = self._translated(pl_module)
-        finally:
-            tr.train(was_training)
         n_cls = self.reference.num_classes if self.reference else None
         tset = ImageSet(n_cls)
         for image, (_, mask) in zip(translated, self.source):

@@ -22,6 +22,7 @@ from torch import nn
 from datamodules.debias.lff import gce_loss
 from datamodules.debias.mixing import mixed_loss
 from uda.losses import segmentation_ce
+from uda.models.modes import eval_mode
 
 
 class DebiasMixin:
@@ -47,20 +48,15 @@ class DebiasMixin:
         alpha * style(x_style) + (1 - alpha) * style(x); x_style from domain `donor`."""
         tr = self.codec_translator()
         h, w = x.shape[-2:]
-        was_training = tr.training
         # eval mode, no gradients: the codec is a fixed function here. DRANet's own translator
         # is in training mode, and a train-mode BatchNorm would move its running statistics
         # and, with sync_batchnorm, run a collective on the ranks whose batch had a picked
         # image only (the others wait forever).
-        tr.eval()
-        try:
-            with torch.no_grad():
-                content, own = tr.encode(tr.pad(self.to_unit(x.float())), "source")
-                _, other = tr.encode(tr.pad(self.to_unit(x_style.float())), donor)
-                a = alpha.to(own.dtype).view(-1, 1, 1, 1)
-                out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
-        finally:
-            tr.train(was_training)
+        with eval_mode(tr), torch.no_grad():
+            content, own = tr.encode(tr.pad(self.to_unit(x.float())), "source")
+            _, other = tr.encode(tr.pad(self.to_unit(x_style.float())), donor)
+            a = alpha.to(own.dtype).view(-1, 1, 1, 1)
+            out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
         return self.from_unit(out.clamp(-1, 1))
 
     def codec_translator(self) -> nn.Module:
