@@ -3,6 +3,7 @@ trainer. Everything it builds takes plain arguments (no config objects past this
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,7 +21,7 @@ from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline,
 from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from datamodules.transforms import transform_from_config
+from datamodules.transforms import build_transform, transform_from_config
 from uda import logging_setup, panels
 from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
 from uda.config import Config, ConfigError
@@ -170,20 +171,38 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
     perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,
                                style_layers=tuple(r.style_layers), weights=r.perceptual_weights)
     weights = {"rec": r.w_rec, "adv": r.w_adv, "content": r.w_content, "style": r.w_style,
-               "consistency": r.w_consistency, "task_translator": r.w_task_translator,
+               "consistency": r.w_consistency, "layout": r.w_layout, "task_translator": r.w_task_translator,
                "seg_translated": r.w_seg_translated, "seg_source": r.w_seg_source}
     return DRANet(build_segmenter(cfg), CLASS_NAMES, translator=translator,
                   discriminators=discriminators, perceptual=perceptual, weights=weights,
                   lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
                   gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
                   task_to_translator=r.task_to_translator, content_norm=r.content_norm,
-                  checkpointing=r.checkpointing, **common)
+                  checkpointing=r.checkpointing,
+                  layout_means=partial(layout_means, cfg, r.colour_frames), **common)
+
+
+def layout_means(cfg: Config, frames: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean thumbnails (3, 8, 16) in [-1, 1] of up to `frames` evenly spaced whole frames (native
+    size) of each domain's training split, and the number of frames averaged (the smaller)."""
+    d, means, used = cfg.data, [], []
+    plain = build_transform(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    for dom in (d.source, d.target):
+        ds = build_dataset(dom, dom.split, plain, labelled=False)
+        idx = torch.linspace(0, len(ds) - 1, min(frames, len(ds))).round().long().unique()
+        acc = torch.zeros(3, 8, 16)
+        for i in idx.tolist():
+            acc += torch.nn.functional.adaptive_avg_pool2d(ds[i]["image"][None] * 2 - 1, (8, 16))[0]
+        means.append(acc / len(idx))
+        used.append(len(idx))
+    return means[0], means[1], min(used)
 
 
 def build_translator(r) -> DRANetTranslator:
     """The translator of a `method.dranet` config section."""
     return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
-                            enc_norm=r.enc_norm, checkpointing=r.checkpointing)
+                            enc_norm=r.enc_norm, checkpointing=r.checkpointing,
+                            colour_transform=r.colour_transform)
 
 
 def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:

@@ -218,6 +218,14 @@ class DRANetConfig:
     translation). checkpointing: activation checkpointing of the generator and of the
     perceptual network on translated images: their activations are recomputed in backward
     instead of being kept (less memory, a little more time; results unchanged).
+    colour_transform: a translation is a global affine colour map of the source image (the
+    domain map fitted to the domains' mean layouts, refined per image from the two style
+    codes) plus the generator's one-channel detail added in tanh-logit space; false: the
+    generator paints the image from the content map alone (the official code).
+    colour_frames: how many whole training frames per domain give the mean thumbnails (8x16
+    mean colours by position) that the domain colour map is fitted to, once at the start.
+    w_layout (with colour_transform): each image's colour map must take the source domain's
+    mean thumbnail to the target's (uda.losses.translation.layout_colour_loss).
     Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
     width: int = 32
     num_down: int = 1
@@ -245,6 +253,9 @@ class DRANetConfig:
     task_to_translator: bool = False
     w_task_translator: float = 0.1
     checkpointing: bool = False
+    colour_transform: bool = False
+    w_layout: float = 10.0
+    colour_frames: int = 256
 
 
 # Keys that existed once: a clear error instead of "key not in the schema".

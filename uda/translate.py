@@ -72,9 +72,10 @@ def source_dataset(cfg: Config, root, labelled: bool = False):
 def translate_unit(module: DRANet, u: torch.Tensor, bank) -> torch.Tensor:
     """(B,3,H,W) source images in [-1, 1] -> translated (B,3,H,W) in [-1, 1]."""
     h, w = u.shape[-2:]
-    content, _ = module.translator.encode(module.translator.pad(u), "source")
+    u = module.translator.pad(u)
+    content, own = module.translator.encode(u, "source")
     attn = module.translator.attention(content, bank[0], module.temperature)
-    out, _ = module.translator.transfer(content, bank[1], attn)
+    out, _ = module.translator.transfer(content, bank[1], attn, u, own, ("source", "target"))
     return out[..., :h, :w]
 
 

@@ -21,26 +21,39 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from uda.models.translation import Encoder, Generator, Separator, cadt_attention, cadt_mix
+from uda.models.translation import (ColourTransform, Encoder, Generator, Separator,
+                                    cadt_attention, cadt_mix)
 
 
 class DRANetTranslator(nn.Module):
     def __init__(self, width: int = 32, num_down: int = 1, num_res: int = 2,
                  enc_norm: str = "batch", domains: Sequence[str] = ("source", "target"),
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, colour_transform: bool = False):
         """width: the encoder's first width (features have width * 2**num_down channels);
         num_down: stride-2 stages (features at 1/2**num_down); num_res: residual blocks in the
         encoder and in the generator; enc_norm: the encoder's normalisation (batch | bin |
         instance | none); checkpointing: decodes with gradients keep only their inputs and
         recompute the generator in backward (it has no batch statistics, so the recomputation
-        is exact; the encoder's BatchNorm would update its running statistics twice)."""
+        is exact; the encoder's BatchNorm would update its running statistics twice);
+        colour_transform: decode = a global affine colour map of the given image (ColourTransform:
+        the domain map fitted to mean layouts, refined per image from the two style codes) plus
+        the generator's one-channel output added to every channel in tanh-logit space (detail
+        and shading; its last conv zero-initialised: the translator starts as the identity);
+        decode then needs the image, its style code and the route."""
         super().__init__()
         self.checkpointing = checkpointing
         self.encoder = Encoder(3, width=width, num_down=num_down, norm=enc_norm, num_res=num_res)
         self.num_down = num_down  # inputs must be divisible by 2 ** num_down
         channels = self.encoder.out_channels
         self.separator = Separator(channels, domains)
-        self.generator = Generator(channels, channels, 3, num_up=num_down, num_res=num_res)
+        # with a colour transform the generator adds detail to the luminance only (one channel,
+        # broadcast): colour is the global map's, so a local residual cannot re-assign it
+        self.generator = Generator(channels, channels, 1 if colour_transform else 3,
+                                   num_up=num_down, num_res=num_res)
+        self.colour = ColourTransform(channels) if colour_transform else None
+        if colour_transform:
+            nn.init.zeros_(self.generator.out.weight)
+            nn.init.zeros_(self.generator.out.bias)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Replicate-pad (B,C,H,W) at the bottom and right to multiples of 2 ** num_down."""
@@ -70,13 +83,30 @@ class DRANetTranslator(nn.Module):
         styles = rest.mean(dim=(2, 3), keepdim=True)
         return list(zip(content.split(sizes), styles.split(sizes)))
 
-    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def decode(self, content: torch.Tensor, style: torch.Tensor,
+               image: torch.Tensor | None = None, image_style: torch.Tensor | None = None,
+               route: tuple[str, str] | None = None,
+               route_weight: torch.Tensor | None = None) -> torch.Tensor:
         """content (B,C,h,w) + style (B,C,1,1), broadcast over the frame, the code also
-        modulating every generator stage."""
+        modulating every generator stage. With a colour transform: `image` (B,3,H,W), the
+        frame `content` was encoded from (padded), `image_style`, its own style code, and
+        `route`, (its domain, the style's domain); `route_weight` (B,) takes the domain colour
+        map part of the way (style codes mixed between the domains)."""
+        logits = self.colour is not None
+        if logits and (image is None or image_style is None or route is None):
+            raise ValueError("this DRANet translator has a colour transform "
+                             "(method.dranet.colour_transform): decode needs the encoded image, "
+                             "its style code and the route (decode(content, style, image, "
+                             "image_style, route=(from_domain, to_domain)))")
         if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.generator, content + style, style.flatten(1),
-                              use_reentrant=False)
-        return self.generator(content + style, style.flatten(1))
+            g = checkpoint(self.generator, content + style, style.flatten(1), logits,
+                           use_reentrant=False)
+        else:
+            g = self.generator(content + style, style.flatten(1), logits)
+        if not logits:
+            return g
+        base = self.colour(image, image_style, style, route, route_weight)
+        return torch.tanh(torch.atanh(base.clamp(-1 + 1e-3, 1 - 1e-3)) + g)
 
     @staticmethod
     def attention(content_src: torch.Tensor, content_bank: torch.Tensor,
@@ -86,7 +116,11 @@ class DRANetTranslator(nn.Module):
         return cadt_attention(content_src.detach(), content_bank.detach(), temperature)
 
     def transfer(self, content_src: torch.Tensor, style_bank: torch.Tensor,
-                 attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(translated images, the mixed style codes used (B_src,C,1,1))."""
+                 attn: torch.Tensor, image: torch.Tensor | None = None,
+                 image_style: torch.Tensor | None = None,
+                 route: tuple[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(translated images, the mixed style codes used (B_src,C,1,1)); `image`,
+        `image_style`, `route`: the source frames, their own codes, (their domain, the bank's)
+        (see decode)."""
         style = cadt_mix(attn, style_bank)
-        return self.decode(content_src, style), style
+        return self.decode(content_src, style, image, image_style, route), style

@@ -243,13 +243,107 @@ class Generator(nn.Module):
             self.out.weight.copy_(self.out.weight[::4].repeat_interleave(4, dim=0))
             self.out.bias.copy_(self.out.bias[::4].repeat_interleave(4))
 
-    def forward(self, feat: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, style: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """logits: return the output before the tanh."""
         x = self.inp(feat, style)
         for a, b in self.res:
             x = x + b(a(x, style), style)
         for stage in self.up:
             x = stage(F.interpolate(x, scale_factor=2, mode="nearest"), style)
-        return torch.tanh(F.pixel_shuffle(self.out(x), 2))
+        out = F.pixel_shuffle(self.out(x), 2)
+        return out if logits else torch.tanh(out)
+
+
+def fit_colour_map(mean_from: torch.Tensor, mean_to: torch.Tensor,
+                   ridge: float = 1e-3) -> torch.Tensor:
+    """The affine colour map (3,4) = [M | b] with the least squared error of M @ mean_from + b
+    against mean_to over positions ((3,h,w) thumbnails), ridge-regularised towards the identity
+    (ridge x the mean squared colour of mean_from): closed form."""
+    x = torch.cat([mean_from.flatten(1).T, mean_from.new_ones(mean_from[0].numel(), 1)], 1)
+    y = mean_to.flatten(1).T
+    d = torch.diag(x.new_tensor([1.0, 1.0, 1.0, 0.0]))
+    lam = ridge * x.shape[0] * float(x[:, :3].pow(2).mean()) + 1e-8
+    w0 = torch.cat([torch.eye(3, dtype=x.dtype, device=x.device), x.new_zeros(1, 3)])
+    w = torch.linalg.solve(x.T @ x + lam * d, x.T @ y + lam * d @ w0)  # (4, 3)
+    return w.T
+
+
+class ColourTransform(nn.Module):
+    """A global affine colour map per image, in two parts:
+
+    * the domain map: the affine map (closed form, `fit_colour_map`) that takes the source
+      domain's mean thumbnail (8x16 mean colours by position over whole training frames, set
+      by `fit` before training; crops would blur the positions) to the target's, and its twin
+      target -> source. Both domains share their layouts in
+      distribution (sky above, road below) and a linear map commutes with the mean, so the true
+      global colour shift fits these means position by position (toy family: the hue rotation
+      recovered within 3 degrees). Gradients do not reach it; before any update it is the
+      identity;
+    * a per-image refinement (I + N(s_to) - N(s_from)) x + n(s_to) - n(s_from) from the two
+      style codes (a small zero-initialised MLP): equal codes give the identity.
+
+    One matrix per image for every pixel, so a translation cannot reassign colours class by
+    class (a conv generator can, and under a large hue rotation the adversarial loss alone does
+    not say which assignment is right; learning the rotation by gradient descent from the
+    identity took more steps than the toy run has)."""
+
+    ROUTES = {("source", "target"): 0, ("target", "source"): 1}
+
+    def __init__(self, style_dim: int, hidden: int = 64, thumbnail: tuple[int, int] = (8, 16)):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(style_dim, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 12))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.thumbnail = tuple(thumbnail)
+        self.register_buffer("means", torch.zeros(2, 3, *thumbnail))  # source, target
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # frames averaged
+        eye = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)
+        self.register_buffer("maps", eye.repeat(2, 1, 1))  # source->target, target->source
+
+    @torch.no_grad()
+    def fit(self, mean_source: torch.Tensor, mean_target: torch.Tensor, frames: int) -> None:
+        """Set the mean thumbnails ((3, *thumbnail) each, images in [-1, 1]) of the two
+        domains' training frames (`frames`: how many were averaged, kept in `seen`) and fit
+        the domain maps to them."""
+        self.means.copy_(torch.stack([mean_source, mean_target]).to(self.means))
+        self.seen.fill_(int(frames))
+        self.maps[0] = fit_colour_map(self.means[0], self.means[1])
+        self.maps[1] = fit_colour_map(self.means[1], self.means[0])
+
+    def domain_map(self, route: tuple[str, str], weight: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M (3,3) or (B,3,3), b) of the domain map along `route`; `weight` (B,) moves it
+        part of the way from the identity (I + w (M - I), w b); a route within one domain is
+        the identity."""
+        eye = torch.eye(3, device=self.maps.device)
+        if route[0] == route[1]:
+            return eye, torch.zeros(3, device=eye.device)
+        if tuple(route) not in self.ROUTES:
+            raise ValueError(f"unknown colour route {route!r}; expected one of {list(self.ROUTES)}")
+        mb = self.maps[self.ROUTES[tuple(route)]].float()
+        m, b = mb[:, :3], mb[:, 3]
+        if weight is not None:
+            w = weight.float().view(-1, 1, 1)
+            return eye + w * (m - eye), w[:, :, 0] * b
+        return m, b
+
+    def matrix(self, style_from: torch.Tensor, style_to: torch.Tensor,
+               route: tuple[str, str], weight: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M (B,3,3), b (B,3)) of the whole map x -> M x + b: domain map, then refinement."""
+        m0, b0 = self.domain_map(route, weight)
+        d = self.net(style_to.flatten(1).float()) - self.net(style_from.flatten(1).float())
+        r = torch.eye(3, device=d.device) + d[:, :9].view(-1, 3, 3)
+        m = r @ m0
+        b = (r @ b0.expand(d.shape[0], 3).unsqueeze(-1)).squeeze(-1) + d[:, 9:]
+        return m, b
+
+    def forward(self, x: torch.Tensor, style_from: torch.Tensor, style_to: torch.Tensor,
+                route: tuple[str, str], weight: torch.Tensor | None = None) -> torch.Tensor:
+        m, b = self.matrix(style_from, style_to, route, weight)
+        out = torch.einsum("bij,bjhw->bihw", m, x.float()) + b[:, :, None, None]
+        return out.to(x.dtype)
 
 
 class PatchDiscriminator(nn.Module):

@@ -53,10 +53,12 @@ class DebiasMixin:
         # and, with sync_batchnorm, run a collective on the ranks whose batch had a picked
         # image only (the others wait forever).
         with eval_mode(tr), torch.no_grad():
-            content, own = tr.encode(tr.pad(self.to_unit(x.float())), "source")
+            u = tr.pad(self.to_unit(x.float()))
+            content, own = tr.encode(u, "source")
             _, other = tr.encode(tr.pad(self.to_unit(x_style.float())), donor)
             a = alpha.to(own.dtype).view(-1, 1, 1, 1)
-            out = tr.decode(content, a * other + (1 - a) * own)[..., :h, :w]
+            out = tr.decode(content, a * other + (1 - a) * own, u, own, ("source", donor),
+                            alpha)[..., :h, :w]
         return self.from_unit(out.clamp(-1, 1))
 
     def codec_translator(self) -> nn.Module:

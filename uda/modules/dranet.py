@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from uda.losses import segmentation_ce
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
-                                    reconstruction_loss, style_loss)
+                                    layout_colour_loss, reconstruction_loss, style_loss)
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
 from uda.models.translation import cadt_mix
@@ -41,8 +41,11 @@ class DRANet(SegmentationModule):
                  lr_translator: float = 2e-4, lr_d: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), gan_loss: str = "lsgan",
                  cadt_temperature: float = 0.1, task_to_translator: bool = False,
-                 content_norm: bool = True, checkpointing: bool = False, **common):
-        """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...)."""
+                 content_norm: bool = True, checkpointing: bool = False,
+                 layout_means=None, **common):
+        """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...);
+        layout_means: () -> (source mean thumbnail, target mean thumbnail, frames), called at
+        the start of a fresh fit when the translator has a colour transform."""
         super().__init__(segmenter, class_names, **common)
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
@@ -54,6 +57,16 @@ class DRANet(SegmentationModule):
         self.task_to_translator = task_to_translator
         self.content_norm = content_norm
         self.checkpointing = checkpointing
+        self.layout_means = layout_means
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        colour = self.translator.colour
+        if colour is not None and int(colour.seen) == 0:  # not on resume: the checkpoint has them
+            if self.layout_means is None:
+                raise RuntimeError("DRANet with a colour transform needs layout_means to train")
+            mean_s, mean_t, frames = self.layout_means()
+            colour.fit(mean_s, mean_t, frames)
 
     # --- image spaces ---------------------------------------------------------------------
     @torch.no_grad()
@@ -79,9 +92,11 @@ class DRANet(SegmentationModule):
         (c_s, s_s), (c_t, s_t) = tr.encode_many([(u_s, "source"), (u_t, "target")])
         attn_st = tr.attention(c_s, c_t, self.temperature)  # each source picks target styles
         attn_ts = tr.attention(c_t, c_s, self.temperature)
-        x_st, style_st = tr.transfer(c_s, s_t, attn_st)
-        x_ts, style_ts = tr.transfer(c_t, s_s, attn_ts)
-        return dict(c_s=c_s, c_t=c_t, rec_s=tr.decode(c_s, s_s), rec_t=tr.decode(c_t, s_t),
+        x_st, style_st = tr.transfer(c_s, s_t, attn_st, u_s, s_s, ("source", "target"))
+        x_ts, style_ts = tr.transfer(c_t, s_s, attn_ts, u_t, s_t, ("target", "source"))
+        return dict(c_s=c_s, c_t=c_t, s_s=s_s, s_t=s_t,
+                    rec_s=tr.decode(c_s, s_s, u_s, s_s, ("source", "source")),
+                    rec_t=tr.decode(c_t, s_t, u_t, s_t, ("target", "target")),
                     x_st=x_st, x_ts=x_ts, style_st=style_st, style_ts=style_ts,
                     attn_st=attn_st, attn_ts=attn_ts)
 
@@ -141,6 +156,12 @@ class DRANet(SegmentationModule):
             "consistency": consistency_loss(c_st, out["c_s"]) + consistency_loss(s_st, out["style_st"])
                            + consistency_loss(c_ts, out["c_t"]) + consistency_loss(s_ts, out["style_ts"]),
         }
+        if tr.colour is not None:  # each colour map takes one domain's mean layout to the other's
+            src, tgt = tr.colour.means
+            st, ts = ("source", "target"), ("target", "source")
+            losses["layout"] = (
+                layout_colour_loss(*tr.colour.matrix(out["s_s"], out["style_st"], st), src, tgt)
+                + layout_colour_loss(*tr.colour.matrix(out["s_t"], out["style_ts"], ts), tgt, src))
         if self.task_to_translator:
             # segmenter frozen here (toggled off): the gradient reaches E/S/G only; its BN
             # statistics are those of the task step alone (this forward must not move them)
