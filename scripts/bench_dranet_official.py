@@ -99,6 +99,7 @@ def ours_worker(a, chan: Channel, scratch: str):
     if cfg.method.name != "dranet":
         raise SystemExit(f"{a.ours_config}: method.name is {cfg.method.name}, not dranet")
     module = build.build_module(cfg)
+    bm.random_layout_means(module)  # no dataset here
 
     class Stepper(bm.IterTimer):  # one iteration per command from the parent
         def on_train_start(self, trainer, m):
