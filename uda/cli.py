@@ -1,4 +1,9 @@
-"""Command line: `uda <command> --help`. Heavy imports happen inside each command."""
+"""Command line: `uda <command> --help`.
+
+Heavy imports (numpy, torch, Lightning, uda.build/train) happen inside each command, after the
+arguments are parsed: `uda --help` and usage errors import none of them. Usage and
+configuration errors print one `uda: error: ...` line and exit 2 (argparse's convention).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +13,8 @@ from pathlib import Path
 
 def _cmd_train(args) -> int:
     from uda.config import load_config
+    cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
     from uda.train import train
-    cfg = load_config(args.config, args.overrides)
     train(cfg, resume=args.resume)
     return 0
 
@@ -240,14 +245,23 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _reported_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions reported as one `uda: error:` line. Looked up only once one was raised:
+    `NonFiniteLossError` lives in uda.modules.base (Lightning), which only training loads, so it
+    is taken from sys.modules instead of being imported."""
     from datamodules.io import DatasetError
     from uda.config import ConfigError
-    from uda.modules.base import NonFiniteLossError
+    base = sys.modules.get("uda.modules.base")
+    return (ConfigError, DatasetError) + ((base.NonFiniteLossError,) if base else ())
+
+
+def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, NonFiniteLossError) as e:
+    except Exception as e:
+        if not isinstance(e, _reported_errors()):
+            raise
         print(f"uda: error: {e}", file=sys.stderr)
         return 2
 
