@@ -1,5 +1,5 @@
 """The command line itself: parsing imports nothing heavy; bad argument values are usage errors
-(argparse's message naming the option, exit 2)."""
+(argparse's message naming the option, exit 2); config errors are one `uda: error:` line, exit 2."""
 import subprocess
 import sys
 
@@ -65,3 +65,12 @@ def test_in_range_arguments_are_parsed_to_values():
     assert (a.size, a.num_source, a.seed, a.shift) == ((64, 128), 0, 0, 2)
     a = make_parser().parse_args(["benchmark", "toy", "--seeds", "1", "--cue-conflicting", "1"])
     assert (a.seeds, a.cue_conflicting) == (1, 1.0)
+
+
+def test_config_error_is_one_line_and_exit_2():
+    r = subprocess.run([sys.executable, "-m", "uda", "train", "--config",
+                        "configs/toy/source_only.yaml", "data.batch_size=0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["uda: error: data.batch_size must be >= 1 (images per "
+                                     "process and domain in a training step), got 0"]
