@@ -283,7 +283,8 @@ class TrainerConfig:
     """Forwarded to the Lightning Trainer. max_steps counts training iterations (batches).
     val_every: validate on target val every N iterations (0 = only at the end).
     precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images.
-    strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn;
+    strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn; auto
+    with several processes is our DDP too (ddp on CUDA, ddp_fork on CPU: uda.build.build_strategy);
     ddp_timeout_s: collective timeout (a dead rank makes the others fail instead of hang).
     max_nonfinite_skips: iterations with a NaN/Inf loss to skip before stopping (0: stop at the
     first, with a clear error; the last good checkpoint is kept).
