@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from uda.io import write_text_atomic
 from uda.models.sync_bn import broadcast_buffers_
 
 
@@ -27,6 +28,18 @@ class SyncBuffers(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._sync(trainer, pl_module)
+
+
+class WriteOnTrainStart(pl.Callback):
+    """Write `text` to `path` atomically when training starts, i.e. after a resumed checkpoint
+    has been loaded: a resume that fails leaves the previous file as it was. Rank 0 writes."""
+
+    def __init__(self, path, text: str):
+        self.path, self.text = path, text
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            write_text_atomic(self.path, self.text)
 
 
 class GracefulStop(pl.Callback):
