@@ -8,10 +8,10 @@ from pathlib import Path
 
 def _cmd_train(args) -> int:
     from uda.config import load_config
-    from uda.train import train
+    from uda.train import EXIT_INTERRUPTED, train
     cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
-    return 0
+    result = train(cfg, resume=args.resume)
+    return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
 def _cmd_make_toy(args) -> int:
@@ -120,8 +120,12 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
     t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
                    "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
-                   "last.ckpt if present, else start fresh")
+                   "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
+                   "run is refused (runs are never overwritten)")
     t.set_defaults(func=_cmd_train)
+    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration/usage error (nothing "
+                "written), 3 interrupted by SIGINT/SIGTERM/SIGUSR1 (last.ckpt written: continue "
+                "with --resume auto)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
                         description="Run the evaluation protocol (eval.* keys: whole/slide, "
@@ -244,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.io import DatasetError
     from uda.config import ConfigError
     from uda.modules.base import NonFiniteLossError
+    from uda.train import EXIT_INTERRUPTED, Interrupted
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DatasetError, NonFiniteLossError) as e:
         print(f"uda: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"uda: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

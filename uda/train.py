@@ -32,6 +32,12 @@ from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
 from uda.reporting import ResultsReport
 from uda.run_guard import refuse_overwrite
 
+EXIT_INTERRUPTED = 3  # exit code of `uda train`/`uda benchmark` stopped by SIGINT/SIGTERM/SIGUSR1
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal, last.ckpt written (`uda benchmark` raises it; the CLI exits
+    with EXIT_INTERRUPTED)."""
 
 
 def shared_run_dir(cfg: Config) -> Path:
@@ -146,9 +152,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         logging_setup.close_logger(trainer.logger)
     if stop.stopped_at is not None:  # preempted: checkpoint written, no final evaluation
         if rank_zero_only.rank == 0:
-            print(f"uda: stopped by signal {stop.requested} at iteration {stop.stopped_at}; "
-                  f"{run_dir / 'checkpoints' / 'last.ckpt'} written; continue with the same "
-                  "command and --resume auto", flush=True)
+            print(f"uda: stopped by {signal.Signals(stop.requested).name} at iteration "
+                  f"{stop.stopped_at}; {run_dir / 'checkpoints' / 'last.ckpt'} written; continue "
+                  f"with the same command and --resume auto (exit code {EXIT_INTERRUPTED})",
+                  flush=True)
         requeue_if_slurm(stop.requested)
         return {"interrupted": True, "step": stop.stopped_at}
     return json.loads((run_dir / "results.json").read_text())
