@@ -123,9 +123,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
                    "run is refused (runs are never overwritten)")
     t.set_defaults(func=_cmd_train)
-    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration/usage error (nothing "
-                "written), 3 interrupted by SIGINT/SIGTERM/SIGUSR1 (last.ckpt written: continue "
-                "with --resume auto)")
+    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration error or refused run.dir / "
+                "resume (nothing written) or non-finite loss, 3 interrupted by SIGINT/SIGTERM/"
+                "SIGUSR1 (last.ckpt written: continue with --resume auto)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
                         description="Run the evaluation protocol (eval.* keys: whole/slide, "
