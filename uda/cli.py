@@ -58,9 +58,9 @@ def image_size(text: str) -> tuple[int, int]:
 def _cmd_train(args) -> int:
     from uda.config import load_config
     cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
-    from uda.train import train
-    train(cfg, resume=args.resume)
-    return 0
+    from uda.train import EXIT_INTERRUPTED, train
+    result = train(cfg, resume=args.resume)
+    return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
 def _cmd_make_toy(args) -> int:
@@ -169,8 +169,12 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
     t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
                    "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
-                   "last.ckpt if present, else start fresh")
+                   "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
+                   "run is refused (runs are never overwritten)")
     t.set_defaults(func=_cmd_train)
+    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration error or refused run.dir / "
+                "resume (nothing written) or non-finite loss, 3 interrupted by SIGINT/SIGTERM/"
+                "SIGUSR1 (last.ckpt written: continue with --resume auto)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
                         description="Run the evaluation protocol (eval.* keys: whole/slide, "
@@ -302,11 +306,21 @@ def _reported_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DatasetError) + ((base.NonFiniteLossError,) if base else ())
 
 
+def _interruption():
+    """(Interrupted, its exit code) once uda.train is loaded (only runs raise it), else None."""
+    train = sys.modules.get("uda.train")
+    return (train.Interrupted, train.EXIT_INTERRUPTED) if train else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
     except Exception as e:
+        stop = _interruption()
+        if stop is not None and isinstance(e, stop[0]):
+            print(f"uda: interrupted: {e}", file=sys.stderr)
+            return stop[1]
         if not isinstance(e, _reported_errors()):
             raise
         print(f"uda: error: {e}", file=sys.stderr)
