@@ -17,6 +17,7 @@ come from the Trainer; use the Trainer with `use_distributed_sampler=False`.
 from __future__ import annotations
 
 import random
+import signal
 from typing import Optional
 
 import numpy as np
@@ -41,6 +42,9 @@ class PairedDataset(Dataset):
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers ignore it, so the main process can finish
+    # the iteration and write last.ckpt (uda.callbacks.GracefulStop) with its loaders alive.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # torch seeds each worker from the loader's generator; derive numpy/random from it so
     # any randomness outside the per-sample seeds is distinct per worker and reproducible.
     s = torch.initial_seed() % 2**32

@@ -111,3 +111,33 @@ def test_vgg19_perceptual_needs_weights():
     path = REPO / "configs/gta5_cityscapes/dranet.yaml"
     with pytest.raises(ConfigError, match="perceptual_weights"):
         load_config(path, ROOTS)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("data.val_batch_size=-1", "data.val_batch_size must be >= 1"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("seed=-5", "seed must be >= 0 (the global seed; use an integer >= 0), got -5"),
+    ("method.optim.lr=0", "method.optim.lr must be > 0"),
+    ("method.optim.lr=-0.01", "method.optim.lr must be > 0"),
+])
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ROOTS + [override])
+    assert message in str(e.value)
+
+
+def test_lowest_allowed_values_load():
+    cfg = load_config(None, ROOTS + ["data.batch_size=1", "data.val_batch_size=1",
+                                     "data.num_workers=0", "seed=0", "method.optim.lr=1e-9"])
+    assert (cfg.data.batch_size, cfg.data.num_workers, cfg.seed) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_accelerator_without_cuda_names_the_fix(accelerator, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ROOTS + [f"trainer.accelerator={accelerator}"])
+    assert f"trainer.accelerator={accelerator}" in str(e.value)
+    assert "use trainer.accelerator=cpu" in str(e.value)
+    assert load_config(None, ROOTS + ["trainer.accelerator=cpu"]).trainer.accelerator == "cpu"

@@ -66,3 +66,37 @@ def test_cli_two_process_training_writes_one_run(toy_root, tmp_path):
     assert results["step"] == 4 and results["num_images"] == 5
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["uda"]["step"] == 4
+
+
+@pytest.mark.parametrize("overrides,start", [
+    (["trainer.devices=2", "trainer.accelerator=cpu"], "fork"),
+    (["trainer.devices=[0,1]", "trainer.accelerator=gpu"], "popen"),
+    (["trainer.devices=1", "trainer.num_nodes=2", "trainer.accelerator=cpu"], "fork"),
+])
+def test_auto_strategy_with_several_processes_is_our_ddp(overrides, start, monkeypatch):
+    """Lightning's plain DDP (what `auto` would pick) fails on DRANet's unused parameters."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # (the gpu case; cpu ignores it)
+    cfg = load_config(REPO / "configs/toy/dranet.yaml", [
+        "trainer.ddp_timeout_s=77", *overrides])
+    assert cfg.trainer.strategy == "auto"
+    strategy = build.build_strategy(cfg)
+    assert isinstance(strategy, pl.strategies.DDPStrategy)
+    assert strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert strategy._start_method == start
+    assert strategy._timeout.total_seconds() == 77
+
+
+def test_auto_strategy_on_one_process_stays_lightnings():
+    cfg = load_config(REPO / "configs/toy/dranet.yaml", ["trainer.accelerator=cpu"])
+    assert build.build_strategy(cfg) == "auto"
+
+
+def test_auto_strategy_reaches_the_trainer(tmp_path):
+    """The Trainer is built (no processes start before fit) with our DDP strategy."""
+    cfg = load_config(REPO / "configs/toy/dranet.yaml", [
+        "trainer.devices=2", "trainer.accelerator=cpu", "logger.name=none",
+        "eval.translation_images=0", "trainer.progress_bar=false"])
+    trainer = build.build_trainer(cfg, tmp_path, [], 3)
+    assert isinstance(trainer.strategy, pl.strategies.DDPStrategy)
+    assert trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert trainer.num_devices == 2

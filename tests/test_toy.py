@@ -362,10 +362,12 @@ def test_invalid_shift(tmp_path, capsys):
             make_toy(tmp_path / "bad", shift=bad, **TINY)
     assert not (tmp_path / "bad").exists()
     from uda.cli import main
-    rc = main(["data", "make-toy", "--out", str(tmp_path / "cli"), "--shift", "-2",
-               "--num-source", "1", "--num-target", "1", "--num-val", "0", "--size", "32x64"])
-    assert rc == 2
-    assert "uda: error: make_toy: shift must be an integer >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, naming the option
+        main(["data", "make-toy", "--out", str(tmp_path / "cli"), "--shift", "-2",
+              "--num-source", "1", "--num-target", "1", "--num-val", "0", "--size", "32x64"])
+    assert e.value.code == 2
+    assert "error: argument --shift: must be >= 0, got -2" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
     assert main(["data", "make-toy", "--out", str(tmp_path / "cli"), "--shift", "3",
                  "--num-source", "1", "--num-target", "1", "--num-val", "0", "--size", "32x64"]) == 0
     assert json.loads((tmp_path / "cli/toy_meta.json").read_text())["shift"] == 3

@@ -139,10 +139,14 @@ def _run_method(method: str, data_dir: Path, run_root: Path, seeds: int, overrid
                                    f"seed={seed}", f"run.dir={run_root / method / f'seed{seed}'}",
                                    *(overrides or [])])
         res, wall = _finished_run(Path(cfg.run.dir))
-        if res is None:  # not run yet (a finished run is read back, never trained over)
+        if res is None:  # not finished (a finished run is read back, never trained over)
             start = time.perf_counter()
-            res = train(cfg)
+            res = train(cfg, resume="auto")  # an interrupted run continues from its last.ckpt
             wall = time.perf_counter() - start
+            if res.get("interrupted"):
+                from uda.train import Interrupted
+                raise Interrupted(f"{cfg.run.dir} stopped at iteration {res['step']}; run the "
+                                  "same benchmark command again to continue")
             write_json_atomic(Path(cfg.run.dir) / "benchmark_run.json", {"wall_s": wall})
         results.append(res["mIoU"])
         walls.append(wall)

@@ -238,14 +238,45 @@ def build_logger(cfg: Config, run_dir: Path):
 _DDP_START = {"ddp": "popen", "ddp_fork": "fork", "ddp_spawn": "spawn"}
 
 
+def _num_devices(devices, cuda: bool) -> int:
+    """How many processes per node Lightning starts for `trainer.devices` (an int, -1 / "auto"
+    for all, a count string, "0,1" or a list of GPU indices); all = the CUDA devices, or 1 on
+    CPU (Lightning's CPU default)."""
+    every = torch.cuda.device_count() if cuda else 1
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return every
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        return int(text) if text.isdigit() else 1
+    if isinstance(devices, int):
+        return every if devices == -1 else devices
+    return len(devices)  # list of indices
+
+
 def build_strategy(cfg: Config):
     """DDP with what manual optimization needs: several optimizers leave parameters unused in
     each backward (find_unused_parameters; static_graph fails); a process-group timeout so that
-    the other ranks exit instead of hanging when one dies."""
+    the other ranks exit instead of hanging when one dies.
+
+    `trainer.strategy=auto` with several processes (trainer.devices > 1 or trainer.num_nodes > 1)
+    on CUDA or CPU gets this strategy too (Lightning's own choice, plain DDP, fails on DRANet with
+    "parameters that were not used in producing the loss"): `ddp` semantics on CUDA (Lightning
+    re-executes the command per GPU, or torchrun/SLURM started the ranks), `ddp_fork` on CPU
+    (gloo, what the CPU DDP tests use; launchers that start the ranks themselves ignore the
+    start method). Other accelerators and single-process runs keep Lightning's choice. CUDA is
+    counted with torch.cuda.device_count(), which does not initialise CUDA."""
     t = cfg.trainer
-    if t.strategy not in _DDP_START:
-        return t.strategy
-    return DDPStrategy(start_method=_DDP_START[t.strategy], find_unused_parameters=True,
+    strategy = t.strategy
+    if strategy == "auto" and t.accelerator in ("auto", "cpu", "gpu", "cuda"):
+        cuda = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto"
+                                                    and torch.cuda.device_count() > 0)
+        if t.num_nodes > 1 or _num_devices(t.devices, cuda) > 1:
+            strategy = "ddp" if cuda else "ddp_fork"
+    if strategy not in _DDP_START:
+        return strategy
+    return DDPStrategy(start_method=_DDP_START[strategy], find_unused_parameters=True,
                        timeout=timedelta(seconds=t.ddp_timeout_s))
 
 

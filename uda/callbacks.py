@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from uda.io import write_text_atomic
 from uda.models.sync_bn import broadcast_buffers_
 
 
@@ -29,19 +30,36 @@ class SyncBuffers(pl.Callback):
         self._sync(trainer, pl_module)
 
 
-class GracefulStop(pl.Callback):
-    """SIGTERM / SIGUSR1 (preemption, SLURM's warning signal) -> at the end of the current
-    iteration, write last.ckpt and stop cleanly; `requested` tells the caller which signal came.
-    Ranks agree through a reduced decision, so a signal reaching one rank stops all of them at
-    the same iteration (no rank waits in a collective the others never enter)."""
+class WriteOnTrainStart(pl.Callback):
+    """Write `text` to `path` atomically when training starts, i.e. after a resumed checkpoint
+    has been loaded: a resume that fails leaves the previous file as it was. Rank 0 writes."""
 
-    def __init__(self, checkpoint, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, path, text: str):
+        self.path, self.text = path, text
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            write_text_atomic(self.path, self.text)
+
+
+class GracefulStop(pl.Callback):
+    """SIGINT (Ctrl-C) / SIGTERM / SIGUSR1 (preemption, SLURM's warning signal) -> at the end of
+    the current iteration, write last.ckpt and stop without validating; `requested` tells the
+    caller which signal came (`uda train` then exits with EXIT_INTERRUPTED). A signal during the
+    last iteration lets the run finish normally. A second SIGINT aborts at once
+    (KeyboardInterrupt, no checkpoint). Ranks agree through a reduced decision, so a signal
+    reaching one rank stops all of them at the same iteration (no rank waits in a collective
+    the others never enter)."""
+
+    def __init__(self, checkpoint, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)):
         self.checkpoint, self.signals = checkpoint, tuple(signals)
         self.requested: int | None = None
         self.stopped_at: int | None = None
         self._previous: dict = {}
 
     def _handler(self, signum, frame):
+        if signum == signal.SIGINT and self.requested == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: do not wait for the iteration to end
         self.requested = signum
 
     def on_train_start(self, trainer, pl_module):
@@ -49,10 +67,15 @@ class GracefulStop(pl.Callback):
             self._previous = {s: signal.signal(s, self._handler) for s in self.signals}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        it = getattr(pl_module, "iteration", trainer.global_step)
+        last = trainer.max_steps // max(1, getattr(pl_module, "optimizer_steps_per_iteration", 1))
+        if it >= last:  # training ends here anyway: finish normally (final evaluation, exit 0)
+            return
         if trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
-            self.stopped_at = getattr(pl_module, "iteration", trainer.global_step)
+            self.stopped_at = it
             self.checkpoint.save(trainer, "last")
             trainer.should_stop = True
+            trainer.limit_val_batches = 0  # Lightning validates on should_stop: exit promptly
 
     def on_train_end(self, trainer, pl_module):
         for s, handler in self._previous.items():

@@ -1,7 +1,12 @@
 """Checkpoints written atomically: `last.ckpt` (updated at each validation, every
 `every_n_iterations` and at the end), `best.ckpt` (best target-val mIoU so far; NOT a fair
 number to report: it selects on the evaluation set) and, when periodic, `iter-NNNNNNN.ckpt`.
-A crash mid-write leaves the previous file intact (temp file + rename).
+A crash mid-write leaves the previous file intact (temp file + rename); a failed write (full
+disk, a second Ctrl-C) removes its temp file.
+
+`best.ckpt` is only ever replaced by a better model: the best so far is the larger of the value
+saved in the resumed checkpoint's callback state and the `val_mIoU` recorded in an existing
+best.ckpt (read when the callback is created), so neither a resume nor a lost update lowers it.
 
 Each checkpoint carries `checkpoint["uda"] = {"kind": "last"|"best"|"periodic", "step"
 (iterations), "val_mIoU", "config": <resolved YAML>, "rng": {...}}`. The RNG states (torch,
@@ -19,6 +24,21 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from uda.io import remove_quietly, temp_path
+
+
+def recorded_best(path: Path) -> float:
+    """The `val_mIoU` recorded in checkpoint `path`, or -inf when absent/unreadable (memory-mapped:
+    only the small `uda` entry is read)."""
+    if not path.is_file():
+        return float("-inf")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: any new best may replace it
+        return float("-inf")
+    miou = (ckpt.get("uda") or {}).get("val_mIoU") if isinstance(ckpt, dict) else None
+    return float("-inf") if miou is None else float(miou)
 
 
 def rng_state() -> dict:
@@ -67,21 +87,26 @@ class AtomicCheckpoint(pl.Callback):
         self.log_artifacts = log_artifacts
         self.config_yaml = config_yaml
         self.every = every_n_iterations
-        self.best = float("-inf")
+        self.best = recorded_best(self.dirpath / "best.ckpt")
         self._kind = "last"
 
     def save(self, trainer: pl.Trainer, kind: str, name: str | None = None) -> Path:
         """Write `<name or kind>.ckpt` atomically (every rank must call; rank 0 writes)."""
         self._kind = kind
         final = self.dirpath / f"{name or kind}.ckpt"
-        tmp = self.dirpath / f".{final.name}.tmp"
+        tmp = temp_path(final)
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # all ranks call; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, final)
-            if self.log_artifacts:
-                log_checkpoint_artifact(trainer, final, kind)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # all ranks call; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, final)
+        except BaseException:
+            if trainer.is_global_zero:
+                remove_quietly(tmp)
+            raise
+        if trainer.is_global_zero and self.log_artifacts:
+            log_checkpoint_artifact(trainer, final, kind)
         trainer.strategy.barrier("uda-checkpoint")
         return final
 
@@ -100,7 +125,7 @@ class AtomicCheckpoint(pl.Callback):
         return {"best": self.best}
 
     def load_state_dict(self, state_dict):
-        self.best = state_dict.get("best", self.best)
+        self.best = max(self.best, state_dict.get("best", self.best))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         it = getattr(pl_module, "iteration", trainer.global_step)

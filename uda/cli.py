@@ -1,4 +1,9 @@
-"""Command line: `uda <command> --help`. Heavy imports happen inside each command."""
+"""Command line: `uda <command> --help`.
+
+Heavy imports (numpy, torch, Lightning, uda.build/train) happen inside each command, after the
+arguments are parsed: `uda --help` and usage errors import none of them. Usage and
+configuration errors print one `uda: error: ...` line and exit 2 (argparse's convention).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +11,62 @@ import sys
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """argparse type: HEIGHTxWIDTH, both integers >= 16 (the toy generator's minimum)."""
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 128x256), got {text!r}") \
+            from None
+    if min(h, w) < 16:
+        raise argparse.ArgumentTypeError(f"height and width must be >= 16, got {text!r}")
+    return h, w
+
+
 def _cmd_train(args) -> int:
     from uda.config import load_config
-    from uda.train import train
-    cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
-    return 0
+    cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
+    from uda.train import EXIT_INTERRUPTED, train
+    result = train(cfg, resume=args.resume)
+    return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
 def _cmd_make_toy(args) -> int:
     from datamodules.toy import make_toy
     from uda.config import ConfigError
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    h, w = args.size
     try:
         summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
                            num_target_train=args.num_target, num_target_val=args.num_val,
@@ -120,8 +169,12 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
     t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
                    "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
-                   "last.ckpt if present, else start fresh")
+                   "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
+                   "run is refused (runs are never overwritten)")
     t.set_defaults(func=_cmd_train)
+    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration error or refused run.dir / "
+                "resume (nothing written) or non-finite loss, 3 interrupted by SIGINT/SIGTERM/"
+                "SIGUSR1 (last.ckpt written: continue with --resume auto)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
                         description="Run the evaluation protocol (eval.* keys: whole/slide, "
@@ -153,13 +206,13 @@ def make_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint", required=True, help="a DRANet run's checkpoint")
     tr.add_argument("--input", required=True, help="source dataset root (its official layout)")
     tr.add_argument("--output", help="output root (same layout); optional with --score")
-    tr.add_argument("--num-styles", type=int, default=16, help="target frames in the style bank")
+    tr.add_argument("--num-styles", type=positive_int, default=16, help="target frames in the style bank")
     tr.add_argument("--score", action="store_true", help="score the translation: reference "
                     "mIoU on target val, untranslated and translated source (FCN-score); style "
                     "distances to target val and the gap closed")
     tr.add_argument("--reference", metavar="CKPT", help="with --score: reference segmentation "
                     "checkpoint trained on labelled target images (e.g. an oracle run's)")
-    tr.add_argument("--num-images", type=int, help="with --score: source frames scored, evenly "
+    tr.add_argument("--num-images", type=positive_int, help="with --score: source frames scored, evenly "
                     "spaced over the split (default all)")
     tr.add_argument("--score-output", metavar="JSON", help="with --score: write the scores here")
     tr.add_argument("--config", help="YAML overriding the config stored in the checkpoint")
@@ -177,7 +230,8 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="labelIds", choices=["labelIds", "trainIds"],
                    help="pixel values of the predictions (default labelIds)")
     e.add_argument("--output", help="write the results JSON here")
-    e.add_argument("--workers", type=int, default=None, help="decoding threads")
+    e.add_argument("--workers", type=positive_int, default=None,
+                   help="decoding threads (default: the usable cores, at most 8)")
     e.set_defaults(func=_cmd_evaluate_dir)
 
     b = sub.add_parser("benchmark", help="method comparison benchmarks",
@@ -187,7 +241,7 @@ def make_parser() -> argparse.ArgumentParser:
                          description="Train each method (configs/toy/<method>.yaml) for each "
                          "seed; print target mIoU mean +- std and wall time; write "
                          "OUT/benchmark.json and OUT/benchmark.md.")
-    bt.add_argument("--seeds", type=int, default=3)
+    bt.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method")
     bt.add_argument("--methods", default="source_only,adversarial,dranet,oracle")
     bt.add_argument("--data", default="data/toy", help="toy data (generated when absent)")
     bt.add_argument("--out", default="runs/benchmark_toy")
@@ -196,7 +250,7 @@ def make_parser() -> argparse.ArgumentParser:
     bt.add_argument("--class-iou", default=None, help="also report this class's IoU (e.g. car)")
     bt.add_argument("--spurious-cue", action="store_true",
                     help="generate the data (when absent) with the spurious cue")
-    bt.add_argument("--cue-conflicting", type=float, default=0.0,
+    bt.add_argument("--cue-conflicting", type=probability, default=0.0,
                     help="with --spurious-cue: bias-conflicting source image probability")
     bt.add_argument("--shifts", default=None, metavar="K,K,...",
                     help="toy target appearances to compare (e.g. 0,1,2,3,4): data in DATA/shift<K> "
@@ -212,17 +266,19 @@ def make_parser() -> argparse.ArgumentParser:
                         description="Write synthetic street scenes: a source set in the GTA5 "
                         "layout and a target set (train, val) in the Cityscapes layout.")
     m.add_argument("--out", required=True, help="output directory")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--num-source", type=int, default=400, help="source (GTA5-layout) images")
-    m.add_argument("--num-target", type=int, default=400, help="target train images")
-    m.add_argument("--num-val", type=int, default=100, help="target val images")
-    m.add_argument("--size", default="128x256", help="HEIGHTxWIDTH (default 128x256)")
+    m.add_argument("--seed", type=non_negative_int, default=0)
+    m.add_argument("--num-source", type=non_negative_int, default=400,
+                   help="source (GTA5-layout) images")
+    m.add_argument("--num-target", type=non_negative_int, default=400, help="target train images")
+    m.add_argument("--num-val", type=non_negative_int, default=100, help="target val images")
+    m.add_argument("--size", type=image_size, default=(128, 256),
+                   help="HEIGHTxWIDTH, each >= 16 (default 128x256)")
     m.add_argument("--spurious-cue", action="store_true",
                    help="cars have one constant colour in the source only")
-    m.add_argument("--cue-conflicting", type=float, default=0.0,
+    m.add_argument("--cue-conflicting", type=probability, default=0.0,
                    help="with --spurious-cue: probability that a source image is bias-conflicting "
                         "(its cars keep random colours), e.g. 0.05 as in LfF's protocols")
-    m.add_argument("--shift", type=int, default=None, metavar="K",
+    m.add_argument("--shift", type=non_negative_int, default=None, metavar="K",
                    help="target appearance K (>= 0) of a seeded family (hue anywhere on the circle, "
                         "saturation, cast, exposure, gamma, textures, blur, noise, lighting); "
                         "default: the documented appearance. Scenes, labels and source unchanged")
@@ -235,19 +291,38 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--root", required=True, help="dataset root in its official layout")
     c.add_argument("--split", required=True, help="e.g. train, val")
     c.add_argument("--output", help="write the statistics as JSON here")
-    c.add_argument("--workers", type=int, default=4, help="decoding threads")
+    c.add_argument("--workers", type=positive_int, default=4, help="decoding threads")
     c.set_defaults(func=_cmd_check)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _reported_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions reported as one `uda: error:` line. Looked up only once one was raised:
+    `NonFiniteLossError` lives in uda.modules.base (Lightning), which only training loads, so it
+    is taken from sys.modules instead of being imported."""
     from datamodules.io import DatasetError
     from uda.config import ConfigError
-    from uda.modules.base import NonFiniteLossError
+    base = sys.modules.get("uda.modules.base")
+    return (ConfigError, DatasetError) + ((base.NonFiniteLossError,) if base else ())
+
+
+def _interruption():
+    """(Interrupted, its exit code) once uda.train is loaded (only runs raise it), else None."""
+    train = sys.modules.get("uda.train")
+    return (train.Interrupted, train.EXIT_INTERRUPTED) if train else None
+
+
+def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, NonFiniteLossError) as e:
+    except Exception as e:
+        stop = _interruption()
+        if stop is not None and isinstance(e, stop[0]):
+            print(f"uda: interrupted: {e}", file=sys.stderr)
+            return stop[1]
+        if not isinstance(e, _reported_errors()):
+            raise
         print(f"uda: error: {e}", file=sys.stderr)
         return 2
 

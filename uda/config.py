@@ -283,7 +283,8 @@ class TrainerConfig:
     """Forwarded to the Lightning Trainer. max_steps counts training iterations (batches).
     val_every: validate on target val every N iterations (0 = only at the end).
     precision: 32-true | bf16-mixed | 16-mixed. channels_last: NHWC model and images.
-    strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn;
+    strategy: auto | ddp (torchrun / SLURM / Lightning's launcher) | ddp_fork | ddp_spawn; auto
+    with several processes is our DDP too (ddp on CUDA, ddp_fork on CPU: uda.build.build_strategy);
     ddp_timeout_s: collective timeout (a dead rank makes the others fail instead of hang).
     max_nonfinite_skips: iterations with a NaN/Inf loss to skip before stopping (0: stop at the
     first, with a clear error; the last good checkpoint is kept).
@@ -441,6 +442,15 @@ _CHOICES = {
 }
 
 
+# key: (smallest allowed value, what the key means / the fix)
+_AT_LEAST = {
+    "data.batch_size": (1, "images per process and domain in a training step"),
+    "data.val_batch_size": (1, "images per validation batch"),
+    "data.num_workers": (0, "loader processes per dataloader; 0 loads in the main process"),
+    "seed": (0, "the global seed; use an integer >= 0"),
+}
+
+
 def _validate(cfg: DictConfig) -> None:
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -448,6 +458,14 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
     if cfg.trainer.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
+    for key, (low, what) in _AT_LEAST.items():
+        value = OmegaConf.select(cfg, key)
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low} ({what}), got {value}")
+    if not cfg.method.optim.lr > 0:  # also NaN
+        raise ConfigError(f"method.optim.lr must be > 0 (the task network's learning rate), "
+                          f"got {cfg.method.optim.lr}")
+    _validate_accelerator(cfg.trainer.accelerator)
     if cfg.method.name == "adversarial" and cfg.method.adversarial.multi_level \
             and not (cfg.model.name == "deeplabv2" and cfg.model.multi_level):
         raise ConfigError("method.adversarial.multi_level=true needs a network with an auxiliary "
@@ -486,6 +504,18 @@ def _validate(cfg: DictConfig) -> None:
         if t.scale_range is not None and (len(t.scale_range) != 2
                                           or not 0 < t.scale_range[0] <= t.scale_range[1]):
             raise ConfigError(f"data.{name}.scale_range must be [min, max] with 0 < min <= max")
+
+
+def _validate_accelerator(accelerator: str) -> None:
+    """trainer.accelerator=gpu|cuda without a CUDA device fails here, not in Lightning. torch is
+    imported for this check only; device_count() does not initialise CUDA (fork-safe, unlike
+    is_available())."""
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+    if torch.cuda.device_count() == 0:
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA device is available: use "
+                          "trainer.accelerator=cpu (or auto: CUDA when present, else CPU)")
 
 
 def _validate_debias(cfg: DictConfig) -> None:

@@ -31,6 +31,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.wandb import WandbLogger as _WandbLogger  # isinstance checks only
 
+from uda.csv_logger import AppendingCSVLogger
+
 log = logging.getLogger(__name__)
 
 KINDS = ("wandb", "csv", "tensorboard", "none")
@@ -146,7 +148,8 @@ def offline_run_dir(logger) -> Path | None:
 # ----------------------------------------------------------------------------------------------
 
 def _csv_logger(run_dir: Path) -> CSVLogger:
-    return CSVLogger(save_dir=str(run_dir), name="logs", version="")  # run_dir/logs/metrics.csv
+    """run_dir/logs/metrics.csv, appended to (a resumed run keeps the earlier rows)."""
+    return AppendingCSVLogger(save_dir=str(run_dir), name="logs", version="")
 
 
 def build_logger(kind: str, run_dir: Path, *, project: str, name: str | None = None,
@@ -155,7 +158,7 @@ def build_logger(kind: str, run_dir: Path, *, project: str, name: str | None = N
                  is_rank_zero: bool = True, run_id: str | None = None):
     """A Lightning logger for `kind` in KINDS, or False for "none".
 
-    csv -> `run_dir/logs/metrics.csv`; tensorboard -> `run_dir/tensorboard/` (`config` as
+    csv -> `run_dir/logs/metrics.csv` (appended to); tensorboard -> `run_dir/tensorboard/` (`config` as
     hparams); wandb -> WandbLogger(save_dir=run_dir, mode=resolve_wandb_mode(mode)) with `config`
     (a plain JSON-able dict) as the run config, `log_model=log_checkpoints` (it only acts on
     Lightning ModelCheckpoint callbacks), `run_id` to resume a run. Sets the `wandb_env`

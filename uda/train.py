@@ -4,6 +4,11 @@ Run directory contents: config.yaml (resolved), checkpoints/{last,best}.ckpt, lo
 metrics), results.json (final-weights evaluation on target val; schema in uda.metrics.report,
 plus "step" (iterations) and "checkpoint": "last").
 
+Runs are append-only: without `resume` a directory holding an earlier run is refused before
+anything is written (`uda.run_guard`); a resume is checked (kind of run, iteration, weight
+shapes) before anything is written, config.yaml is rewritten only once the checkpoint has been
+loaded, and logs/metrics.csv is appended to.
+
 Multi-process runs: every rank runs this function (torchrun/SLURM start N copies; Lightning's
 own launcher re-executes the command). They agree on the run directory through `UDA_RUN_DIR`
 (exported by rank 0 before the launcher starts the others, or by the launch scripts), else
@@ -21,11 +26,18 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from uda import build, logging_setup
-from uda.callbacks import GracefulStop
+from uda.callbacks import GracefulStop, WriteOnTrainStart
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
-from uda.io import write_text_atomic
 from uda.reporting import ResultsReport
+from uda.run_guard import refuse_overwrite
+
+EXIT_INTERRUPTED = 3  # exit code of `uda train`/`uda benchmark` stopped by SIGINT/SIGTERM/SIGUSR1
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal, last.ckpt written (`uda benchmark` raises it; the CLI exits
+    with EXIT_INTERRUPTED)."""
 
 
 def shared_run_dir(cfg: Config) -> Path:
@@ -69,6 +81,18 @@ def check_resumable(ckpt: dict, cfg: Config, path) -> int:
     return step
 
 
+def check_weights_match(state: dict, module, path) -> None:
+    """A clear error when a checkpoint tensor has another shape than in the model this config
+    builds (e.g. another model.width); Lightning would fail later, after files were written."""
+    own = module.state_dict()
+    for key, saved in state.items():
+        if key in own and hasattr(saved, "shape") and tuple(saved.shape) != tuple(own[key].shape):
+            raise ConfigError(f"{path}: cannot resume: {key} has shape {tuple(saved.shape)} in the "
+                              f"checkpoint but {tuple(own[key].shape)} with this config; resume "
+                              "with the run's model settings (its config.yaml, e.g. model.width) "
+                              "or start a new run with another run.dir=...")
+
+
 def requeue_if_slurm(signum) -> None:
     """SLURM sends SIGUSR1 before the time limit (sbatch --signal=USR1@90): requeue the job,
     whose script runs `uda train ... --resume auto` again. Rank 0 only; failures are reported."""
@@ -87,21 +111,27 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if resume == "auto" and not (cfg.run.dir or os.environ.get("UDA_RUN_DIR")):
         raise ConfigError("--resume auto needs run.dir=... (the run to continue)")
     run_dir = shared_run_dir(cfg)
+    if rank_zero_only.rank == 0:  # other ranks may start after rank 0 has written files
+        refuse_overwrite(run_dir, resume)
     ckpt_path = resume_path(resume, run_dir)
-    start = 0
+    start, saved = 0, None
     if ckpt_path is not None:
         from uda.evaluate import read_checkpoint
-        start = check_resumable(read_checkpoint(ckpt_path), cfg, ckpt_path)
+        saved = read_checkpoint(ckpt_path)
+        start = check_resumable(saved, cfg, ckpt_path)
     config_yaml = to_yaml(cfg)
     if rank_zero_only.rank == 0:
         print(f"uda: run directory {run_dir}\n--- resolved config ---\n{config_yaml}---", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", config_yaml)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
     datamodule.start_step = start  # the samplers continue the uninterrupted stream
     module = build.build_module(cfg)
     build.attach_style_codec(module, cfg)
+    if saved is not None:
+        check_weights_match(saved["state_dict"], module, ckpt_path)
+        del saved  # Lightning reads the checkpoint again in fit
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
     steps = cfg.trainer.max_steps
     report = ResultsReport(f"final weights, {cfg.data.target.dataset} {cfg.data.target_val_split}",
                            run_dir / "results.json", {"checkpoint": "last", "iterations": steps},
@@ -109,7 +139,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     ckpt = AtomicCheckpoint(run_dir / "checkpoints", config_yaml, cfg.run.checkpoint_every,
                             log_artifacts=cfg.logger.log_checkpoints)
     stop = GracefulStop(ckpt)
-    trainer = build.build_trainer(cfg, run_dir, [ckpt, report, stop],
+    config_file = WriteOnTrainStart(run_dir / "config.yaml", config_yaml)
+    trainer = build.build_trainer(cfg, run_dir, [config_file, ckpt, report, stop],
                                   module.optimizer_steps_per_iteration)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
@@ -121,9 +152,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         logging_setup.close_logger(trainer.logger)
     if stop.stopped_at is not None:  # preempted: checkpoint written, no final evaluation
         if rank_zero_only.rank == 0:
-            print(f"uda: stopped by signal {stop.requested} at iteration {stop.stopped_at}; "
-                  f"{run_dir / 'checkpoints' / 'last.ckpt'} written; continue with the same "
-                  "command and --resume auto", flush=True)
+            print(f"uda: stopped by {signal.Signals(stop.requested).name} at iteration "
+                  f"{stop.stopped_at}; {run_dir / 'checkpoints' / 'last.ckpt'} written; continue "
+                  f"with the same command and --resume auto (exit code {EXIT_INTERRUPTED})",
+                  flush=True)
         requeue_if_slurm(stop.requested)
         return {"interrupted": True, "step": stop.stopped_at}
     return json.loads((run_dir / "results.json").read_text())

@@ -1,0 +1,224 @@
+"""Runs are append-only: a second `uda train` into a run is refused before any write, a failed
+resume changes nothing, a resume appends to metrics.csv, best.ckpt only improves, failed writes
+leave no temp file, and Ctrl-C / SIGTERM checkpoint and exit with EXIT_INTERRUPTED (3)."""
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import uda.build
+from conftest import REPO
+from uda.checkpointing import AtomicCheckpoint, recorded_best
+from uda.cli import main
+from uda.io import write_text_atomic
+from uda.run_guard import previous_run_files
+from uda.train import EXIT_INTERRUPTED
+
+SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
+          "data.target_transform.crop=[32,64]", "model.width=8", "trainer.progress_bar=false",
+          "trainer.val_every=2", "trainer.log_every=1", "logger.name=csv"]
+
+
+def train_args(toy_root, run_dir, *extra):
+    return ["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
+            f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
+            f"run.dir={run_dir}", *SHRINK, *extra]
+
+
+def snapshot(run_dir: Path) -> dict:
+    """{relative path: sha256} of every file under run_dir."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(toy_root, tmp_path_factory) -> Path:
+    """A finished 4-iteration run (validated at 2 and 4); tests copy it before writing."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(train_args(toy_root, run, "trainer.max_steps=4")) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    return run
+
+
+def test_previous_run_files(finished, tmp_path):
+    assert previous_run_files(tmp_path) == []  # an empty or unrelated directory is usable
+    (tmp_path / "notes.txt").write_text("x")
+    assert previous_run_files(tmp_path) == []
+    assert previous_run_files(finished) == ["checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                                            "config.yaml", "logs/metrics.csv", "results.json"]
+
+
+def test_train_into_an_existing_run_is_refused_and_writes_nothing(toy_root, run_copy, capsys):
+    before = snapshot(run_copy)
+    assert main(train_args(toy_root, run_copy, "trainer.max_steps=2")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"uda: error: run.dir={run_copy} already holds a run (")
+    assert "--resume auto" in err and "another run.dir=..." in err and "nothing was written" in err
+    assert snapshot(run_copy) == before
+
+
+def test_failed_resume_leaves_every_file_identical(toy_root, run_copy, capsys):
+    before = snapshot(run_copy)
+    assert main([*train_args(toy_root, run_copy, "trainer.max_steps=6", "model.width=16"),
+                 "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "in the checkpoint but" in err and "model.width" in err
+    assert snapshot(run_copy) == before
+    assert main([*train_args(toy_root, run_copy, "trainer.max_steps=4"), "--resume", "auto"]) == 2
+    assert "already at iteration 4 >= trainer.max_steps=4" in capsys.readouterr().err
+    assert snapshot(run_copy) == before
+
+
+def test_resume_appends_to_metrics_csv_and_keeps_the_best(toy_root, run_copy):
+    old = rows(run_copy)
+    old_steps = [int(r["step"]) for r in old]
+    assert main([*train_args(toy_root, run_copy, "trainer.max_steps=6"), "--resume", "auto"]) == 0
+    new = rows(run_copy)
+    added = new[len(old):]
+    assert len(new) == len(old) + len(added) and added
+    assert [{k: r.get(k, "") for k in old[0]} for r in new[:len(old)]] == old  # rows kept as were
+    assert min(int(r["step"]) for r in added) > max(old_steps)  # then the resumed iterations
+    assert "max_steps: 6" in (run_copy / "config.yaml").read_text()
+    val = [float(r["val/mIoU"]) for r in new if r.get("val/mIoU")]
+    assert len(val) == 3  # iterations 2, 4 (first run) and 6 (resumed)
+    assert recorded_best(run_copy / "checkpoints" / "best.ckpt") == pytest.approx(max(val), abs=1e-4)
+
+
+class FakeTrainer:
+    """What AtomicCheckpoint uses of a Trainer; save_checkpoint writes a real small checkpoint
+    (or fails after a partial write, like a full disk)."""
+    is_global_zero, sanity_checking = True, False
+    state = SimpleNamespace(fn="fit")
+    strategy = SimpleNamespace(barrier=lambda name=None: None)
+    max_steps, global_step = 100, 4
+
+    def __init__(self, callback, module, fail=False):
+        self.callback, self.module, self.fail = callback, module, fail
+
+    def save_checkpoint(self, path, weights_only=False):
+        if self.fail:
+            Path(path).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+        ckpt = {"state_dict": {"w": torch.zeros(2)}}
+        self.callback.on_save_checkpoint(self, self.module, ckpt)
+        torch.save(ckpt, path)
+
+
+def validate(callback, miou, fail=False):
+    module = SimpleNamespace(last_results={"mIoU": miou}, iteration=4)
+    callback.on_validation_end(FakeTrainer(callback, module, fail), module)
+
+
+def test_best_ckpt_is_only_replaced_by_a_better_model(tmp_path):
+    validate(AtomicCheckpoint(tmp_path), 8.34)
+    best = tmp_path / "best.ckpt"
+    assert recorded_best(best) == 8.34
+    kept = best.read_bytes()
+    cb = AtomicCheckpoint(tmp_path)  # a resumed run: reads the recorded best
+    assert cb.best == 8.34
+    cb.load_state_dict({"best": 1.0})  # an older value in a checkpoint never lowers it
+    assert cb.best == 8.34
+    validate(cb, 1.46)
+    assert best.read_bytes() == kept
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["uda"]["val_mIoU"] == 1.46
+    validate(cb, 9.5)
+    assert recorded_best(best) == 9.5 and cb.best == 9.5
+
+
+def test_failed_writes_leave_no_temp_file(tmp_path, monkeypatch):
+    validate(AtomicCheckpoint(tmp_path), 5.0)
+    kept = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(OSError, match="No space left"):
+        validate(AtomicCheckpoint(tmp_path), 7.0, fail=True)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == kept  # no .best.ckpt.tmp
+
+    target = tmp_path / "config.yaml"
+    target.write_text("old\n")
+
+    def full_disk(self, text):
+        open(self, "w").write(text[:2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomic(target, "new config\n")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt"]
+    assert target.read_text() == "old\n"
+
+
+class SigtermAt(pl.Callback):
+    def __init__(self, n):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_exits_interrupted_without_validating(toy_root, tmp_path, monkeypatch, capsys):
+    original = uda.build.build_trainer
+
+    def with_sigterm(*a, **k):
+        trainer = original(*a, **k)
+        trainer.callbacks.insert(0, SigtermAt(2))
+        return trainer
+
+    monkeypatch.setattr(uda.build, "build_trainer", with_sigterm)
+    try:
+        rc = main(train_args(toy_root, tmp_path, "trainer.max_steps=6", "trainer.val_every=3"))
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert rc == EXIT_INTERRUPTED == 3
+    out = capsys.readouterr().out
+    assert "stopped by SIGTERM at iteration 2" in out and "--resume auto (exit code 3)" in out
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["uda"]["step"] == 2
+    assert not (tmp_path / "results.json").exists()
+    assert not any(r.get("val/mIoU") for r in rows(tmp_path))  # stopped without validating
+
+
+def test_ctrl_c_checkpoints_and_exits_interrupted(toy_root, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group (loader worker too)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = train_args(toy_root, tmp_path, "trainer.max_steps=1000", "trainer.val_every=1000",
+                      "run.checkpoint_every=1", "data.num_workers=1")
+    proc = subprocess.Popen([sys.executable, "-m", "uda", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "checkpoints" / "iter-0000001.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_INTERRUPTED, out
+    assert "stopped by SIGINT at iteration" in out and "--resume auto" in out
+    step = int(out.split("stopped by SIGINT at iteration ")[1].split(";")[0])
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 1 <= step < 1000 and last["uda"]["step"] == step
+    assert "Traceback" not in out and not list(tmp_path.rglob("*.tmp"))
