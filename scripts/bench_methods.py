@@ -69,8 +69,9 @@ def random_layout_means(module) -> None:
     start; benchmarks have no datasets: mean layouts of random frames instead (same cost)."""
     translator = getattr(module, "translator", None)
     if translator is not None and translator.colour is not None:
-        thumb = torch.rand(2, 3, 8, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        module.layout_means = lambda: (thumb[0], thumb[1], 1)
+        size = translator.colour.thumbnail
+        thumb = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        module.layout_means = lambda _size: (thumb[0], thumb[1], 1)
 
 
 def bench_config(path: Path, overrides: list[str]):

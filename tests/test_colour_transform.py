@@ -127,14 +127,14 @@ def test_a_fresh_fit_fits_the_domain_maps_to_whole_frames_and_a_resume_keeps_the
     assert int(ct.seen) == 0
     module.on_fit_start()
     assert int(ct.seen) == 12  # every whole training frame of the tiny set (12 per domain)
-    ms, mt, n = build.layout_means(cfg, 256)
+    ms, mt, n = build.layout_means(cfg, 256, ct.thumbnail)
     torch.testing.assert_close(ct.means, torch.stack([ms, mt]))
     torch.testing.assert_close(ct.maps[0], fit_colour_map(ms, mt))
     # the toy target is graded with a hue rotation of 45 +- 8 degrees (datamodules/toy.py; the
     # matrix with saturation and cast reads 44); 12 frames per domain give ~30
     assert 20 < hue_angle(ct.maps[0][:, :3].numpy()) < 70
     assert -70 < hue_angle(ct.maps[1][:, :3].numpy()) < -20
-    sub = build.layout_means(cfg, 3)  # evenly spaced subset
+    sub = build.layout_means(cfg, 3, ct.thumbnail)  # evenly spaced subset
     assert sub[2] == 3 and not torch.allclose(sub[0], ms)
     ct.maps.fill_(0.5)  # a resumed run: the checkpoint's maps stay
     module.on_fit_start()

@@ -182,17 +182,18 @@ def build_dranet(cfg: Config, common: dict) -> DRANet:
                   layout_means=partial(layout_means, cfg, r.colour_frames), **common)
 
 
-def layout_means(cfg: Config, frames: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean thumbnails (3, 8, 16) in [-1, 1] of up to `frames` evenly spaced whole frames (native
+def layout_means(cfg: Config, frames: int, size: tuple[int, int]
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean thumbnails (3, *size) in [-1, 1] of up to `frames` evenly spaced whole frames (native
     size) of each domain's training split, and the number of frames averaged (the smaller)."""
     d, means, used = cfg.data, [], []
     plain = build_transform(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     for dom in (d.source, d.target):
         ds = build_dataset(dom, dom.split, plain, labelled=False)
         idx = torch.linspace(0, len(ds) - 1, min(frames, len(ds))).round().long().unique()
-        acc = torch.zeros(3, 8, 16)
+        acc = torch.zeros(3, *size)
         for i in idx.tolist():
-            acc += torch.nn.functional.adaptive_avg_pool2d(ds[i]["image"][None] * 2 - 1, (8, 16))[0]
+            acc += torch.nn.functional.adaptive_avg_pool2d(ds[i]["image"][None] * 2 - 1, size)[0]
         means.append(acc / len(idx))
         used.append(len(idx))
     return means[0], means[1], min(used)

@@ -44,8 +44,8 @@ class DRANet(SegmentationModule):
                  content_norm: bool = True, checkpointing: bool = False,
                  layout_means=None, **common):
         """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...);
-        layout_means: () -> (source mean thumbnail, target mean thumbnail, frames), called at
-        the start of a fresh fit when the translator has a colour transform."""
+        layout_means: (thumbnail size) -> (source mean thumbnail, target mean thumbnail,
+        frames), called at the start of a fresh fit when the translator has a colour transform."""
         super().__init__(segmenter, class_names, **common)
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
@@ -65,7 +65,7 @@ class DRANet(SegmentationModule):
         if colour is not None and int(colour.seen) == 0:  # not on resume: the checkpoint has them
             if self.layout_means is None:
                 raise RuntimeError("DRANet with a colour transform needs layout_means to train")
-            mean_s, mean_t, frames = self.layout_means()
+            mean_s, mean_t, frames = self.layout_means(colour.thumbnail)
             colour.fit(mean_s, mean_t, frames)
 
     # --- image spaces ---------------------------------------------------------------------
