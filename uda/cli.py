@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from uda.console import quiet_library_noise
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the option in its error)."""
@@ -314,6 +316,7 @@ def _interruption():
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    quiet_library_noise()
     try:
         return args.func(args)
     except Exception as e:
