@@ -61,7 +61,7 @@ def _cmd_train(args) -> int:
     from uda.config import load_config
     cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
     from uda.train import EXIT_INTERRUPTED, train
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, print_config=args.print_config)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
@@ -169,6 +169,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "(overriding the structured defaults) and key=value overrides.")
     t.add_argument("--config", required=True, help="YAML file, e.g. configs/toy/source_only.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
+    t.add_argument("--print-config", action="store_true", help="also print the whole resolved "
+                   "config at the start (it is always saved as config.yaml in the run directory; "
+                   "the start summary shows method, model, data, crop/batch, iterations, devices "
+                   "and run directory)")
     t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
                    "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
                    "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
