@@ -38,11 +38,13 @@ def test_toy_files_load_through_the_real_dataset_classes(toy_root):
 
 def test_train_source_only_end_to_end(toy_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
+    rc = main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"), "--print-config",
                *toy_overrides(toy_root, run_dir)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "target mIoU (final weights" in out and "--- resolved config ---" in out
+    assert "target mIoU (final weights" in out
+    dump = out.split("--- resolved config ---\n")[1].split("\n---\n")[0]  # --print-config
+    assert OmegaConf.create(dump).trainer.max_steps == 4
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) >= {"mIoU", "per_class_iou", "pixel_accuracy", "num_images",
                             "confusion_matrix"}

@@ -28,16 +28,23 @@ import torch
 from uda.io import remove_quietly, temp_path
 
 
-def recorded_best(path: Path) -> float:
-    """The `val_mIoU` recorded in checkpoint `path`, or -inf when absent/unreadable (memory-mapped:
-    only the small `uda` entry is read)."""
+def recorded_info(path: Path) -> dict:
+    """The `uda` entry of checkpoint `path` without its config and RNG states ({} when absent or
+    unreadable; memory-mapped: the weights are not read)."""
     if not path.is_file():
-        return float("-inf")
+        return {}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable: any new best may replace it
-        return float("-inf")
-    miou = (ckpt.get("uda") or {}).get("val_mIoU") if isinstance(ckpt, dict) else None
+    except Exception:  # noqa: BLE001 - unreadable
+        return {}
+    info = (ckpt.get("uda") or {}) if isinstance(ckpt, dict) else {}
+    return {k: v for k, v in info.items() if k not in ("config", "rng")}
+
+
+def recorded_best(path: Path) -> float:
+    """The `val_mIoU` recorded in checkpoint `path`, or -inf when absent/unreadable (then any new
+    best may replace it)."""
+    miou = recorded_info(path).get("val_mIoU")
     return float("-inf") if miou is None else float(miou)
 
 

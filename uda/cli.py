@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from uda.console import quiet_library_noise
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the option in its error)."""
@@ -59,7 +61,7 @@ def _cmd_train(args) -> int:
     from uda.config import load_config
     cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
     from uda.train import EXIT_INTERRUPTED, train
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, print_config=args.print_config)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
@@ -74,8 +76,9 @@ def _cmd_make_toy(args) -> int:
                            cue_conflicting=args.cue_conflicting, progress=True, shift=args.shift)
     except ValueError as e:  # make_toy's argument checks: reported as a usage error
         raise ConfigError(str(e)) from e
-    shift = "" if args.shift is None else f" (target appearance: shift {args.shift})"
-    print(f"toy benchmark written to {args.out}: {summary['counts']}{shift}")
+    counts = ", ".join(f"{n} {split.replace('_', ' ')}" for split, n in summary["counts"].items())
+    shift = "" if args.shift is None else f"; target appearance: shift {args.shift}"
+    print(f"uda: toy benchmark written to {args.out} ({counts} images{shift})")
     return 0
 
 
@@ -86,7 +89,11 @@ def _cmd_check(args) -> int:
     print(format_report(result))
     if args.output:
         write_json_atomic(args.output, result)
-        print(f"stats written to {args.output}")
+    usable = "usable" if not result["problems"] else \
+        f"NOT usable ({len(result['problems'])} problem(s) above)"
+    written = f"; statistics written to {args.output}" if args.output else ""
+    print(f"uda: {args.dataset} {args.split} at {args.root}: {usable}, {result['num_images']} "
+          f"images checked{written}")
     return 0 if not result["problems"] else 1
 
 
@@ -98,7 +105,9 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_predict(args) -> int:
     from uda.evaluate import predict
-    predict(args.checkpoint, args.input, args.output, args.format, args.config, args.overrides)
+    written = predict(args.checkpoint, args.input, args.output, args.format, args.config,
+                      args.overrides)
+    print(f"uda: {len(written)} predictions ({args.format}) written to {args.output}")
     return 0
 
 
@@ -114,7 +123,7 @@ def _cmd_translate(args) -> int:
         from uda.translate import translate
         n = translate(args.checkpoint, args.input, args.output, args.num_styles, args.config,
                       args.overrides)
-        print(f"{n} source frames translated into the target style under {args.output}")
+        print(f"uda: {n} source frames translated into the target style under {args.output}")
         return 0
     if args.reference is None:
         raise ConfigError("--score needs --reference CKPT (a segmentation checkpoint trained on "
@@ -142,6 +151,10 @@ def _cmd_benchmark_toy(args) -> int:
                   config_dir=args.config_dir, class_iou=args.class_iou,
                   spurious_cue=args.spurious_cue, cue_conflicting=args.cue_conflicting,
                   shifts=shifts)
+    runs = len(methods) * args.seeds * (len(shifts) if shifts else 1)
+    out = Path(args.out)
+    print(f"uda: benchmark of {runs} run{'s' if runs != 1 else ''} written to "
+          f"{out / 'benchmark.md'} and {out / 'benchmark.json'} (runs in {out})")
     return 0
 
 
@@ -154,7 +167,9 @@ def _cmd_evaluate_dir(args) -> int:
     print(format_table(results))
     if args.output:
         write_json_atomic(args.output, results)
-        print(f"results written to {args.output}")
+    written = f"; results written to {args.output}" if args.output else ""
+    print(f"uda: mIoU {results['mIoU']:.2f} of {results['num_images']} predictions in "
+          f"{args.pred}{written}")
     return 0
 
 
@@ -167,6 +182,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "(overriding the structured defaults) and key=value overrides.")
     t.add_argument("--config", required=True, help="YAML file, e.g. configs/toy/source_only.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
+    t.add_argument("--print-config", action="store_true", help="also print the whole resolved "
+                   "config at the start (it is always saved as config.yaml in the run directory; "
+                   "the start summary shows method, model, data, crop/batch, iterations, devices "
+                   "and run directory)")
     t.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint (model, "
                    "optimizers, schedulers, counters, RNG, data position); auto: run.dir's "
                    "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
@@ -314,6 +333,7 @@ def _interruption():
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    quiet_library_noise()
     try:
         return args.func(args)
     except Exception as e:

@@ -1,7 +1,7 @@
 """Reporting results from inside the rank-0 process.
 
 With fork/spawn launchers the calling process never sees the workers' module state, so the
-results of a validation are printed and written by rank 0 itself, from a callback.
+results of a validation are written and printed by rank 0 itself, from a callback.
 """
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from uda import console
 from uda.io import write_json_atomic
 from uda.metrics.report import format_table
 
 
 class ResultsReport(pl.Callback):
-    """After a validation whose iteration equals `at_iteration` (None: any), rank 0 prints the
-    per-class table and `header`, and writes the results (plus `extra`) to `output`."""
+    """After a validation whose iteration equals `at_iteration` (None: any), rank 0 writes the
+    results (plus `extra`) to `output`; once the progress bars are closed (teardown of the
+    fit/validate call) it prints the per-class table and one line: the target mIoU with
+    `header`, what was written (`output`, `note`)."""
 
     def __init__(self, header: str, output: str | Path | None = None, extra: dict | None = None,
                  at_iteration: int | None = None, note: str | None = None):
         self.header, self.output, self.extra = header, output, dict(extra or {})
         self.at_iteration, self.note = at_iteration, note
+        self._pending: dict | None = None
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.is_global_zero or trainer.sanity_checking or pl_module.last_results is None:
@@ -28,11 +32,17 @@ class ResultsReport(pl.Callback):
         if self.at_iteration is not None and pl_module.last_results_step != self.at_iteration:
             return
         results = {**pl_module.last_results, "step": pl_module.last_results_step, **self.extra}
-        print(format_table(results))
-        print(f"target mIoU ({self.header}, {results['num_images']} images): "
-              f"{results['mIoU']:.2f}", flush=True)
         if self.output:
             write_json_atomic(self.output, results)
-            print(f"results: {self.output}")
-        if self.note:
-            print(self.note)
+        self._pending = results
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._pending is not None and trainer.is_global_zero:
+            console.write(self.report(self._pending))
+        self._pending = None
+
+    def report(self, results: dict) -> str:
+        line = f"target mIoU ({self.header}, {results['num_images']} images): {results['mIoU']:.2f}"
+        parts = [line] + ([f"results written to {self.output}"] if self.output else []) \
+            + ([self.note] if self.note else [])
+        return f"{format_table(results)}\n{'; '.join(parts)}"

@@ -30,6 +30,7 @@ from uda.callbacks import GracefulStop, WriteOnTrainStart
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
 from uda.reporting import ResultsReport
+from uda.run_summary import end_summary, start_summary
 from uda.run_guard import refuse_overwrite
 
 EXIT_INTERRUPTED = 3  # exit code of `uda train`/`uda benchmark` stopped by SIGINT/SIGTERM/SIGUSR1
@@ -106,8 +107,10 @@ def requeue_if_slurm(signum) -> None:
           flush=True)
 
 
-def train(cfg: Config, resume: str | None = None) -> dict:
-    """Train; `resume` = a checkpoint path or "auto" (the run's last.ckpt if present)."""
+def train(cfg: Config, resume: str | None = None, print_config: bool = False) -> dict:
+    """Train; `resume` = a checkpoint path or "auto" (the run's last.ckpt if present). Prints a
+    short summary at the start (`print_config`: also the resolved config) and one line at the
+    end (rank 0)."""
     if resume == "auto" and not (cfg.run.dir or os.environ.get("UDA_RUN_DIR")):
         raise ConfigError("--resume auto needs run.dir=... (the run to continue)")
     run_dir = shared_run_dir(cfg)
@@ -120,8 +123,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         saved = read_checkpoint(ckpt_path)
         start = check_resumable(saved, cfg, ckpt_path)
     config_yaml = to_yaml(cfg)
-    if rank_zero_only.rank == 0:
-        print(f"uda: run directory {run_dir}\n--- resolved config ---\n{config_yaml}---", flush=True)
+    if print_config and rank_zero_only.rank == 0:
+        print(f"--- resolved config ---\n{config_yaml}---", flush=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
     datamodule.start_step = start  # the samplers continue the uninterrupted stream
@@ -142,6 +145,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     config_file = WriteOnTrainStart(run_dir / "config.yaml", config_yaml)
     trainer = build.build_trainer(cfg, run_dir, [config_file, ckpt, report, stop],
                                   module.optimizer_steps_per_iteration)
+    if rank_zero_only.rank == 0:
+        print(start_summary(cfg, run_dir, datamodule, trainer), flush=True)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
     try:
@@ -158,4 +163,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                   flush=True)
         requeue_if_slurm(stop.requested)
         return {"interrupted": True, "step": stop.stopped_at}
-    return json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    if rank_zero_only.rank == 0:
+        print(end_summary(run_dir, results), flush=True)
+    return results

@@ -237,14 +237,18 @@ def translate_and_score(checkpoint, input_root, reference, output=None, num_styl
     ref = load_reference(reference, device)  # fail before any translation
     module, cfg = tr.load_translator(checkpoint, config_file, overrides, device)
     bank = tr.target_style_bank(module, cfg, num_styles)
+    written = []
     if output is not None:
         n = tr.write_translations(module, bank, tr.source_dataset(cfg, input_root), input_root,
                                   output)
-        print(f"{n} source frames translated into the target style under {output}")
+        written.append(f"{n} translated source frames written under {output}")
     result = {"checkpoint": str(checkpoint), "input": str(input_root), "num_styles": num_styles,
               **score_translation(module, cfg, bank, input_root, ref, num_images)}
     print(format_scores(result))
     if score_output:
         write_json_atomic(Path(score_output), result)
-        print(f"scores written to {score_output}")
+        written.append(f"scores written to {score_output}")
+    print("; ".join([f"uda: FCN-score {_fmt(result['fcn_score'])} "
+                     f"({_fmt(result['fcn_score_pct_of_target'], '.1f')} % of target val), style "
+                     f"gap closed {_fmt(result['style']['style_gap_closed'], '.3f')}", *written]))
     return result

@@ -28,6 +28,7 @@ from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
 from uda.metrics.report import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
+from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin
 
 
@@ -101,6 +102,15 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.channels_last:  # NHWC: faster convolutions on tensor cores / recent CPUs
             self.to(memory_format=torch.channels_last)
+
+    def on_train_start(self) -> None:
+        # Replaces Lightning's "Found N module(s) in eval mode" warning (filtered in uda.console),
+        # which also counts the modules frozen by design; this one names only the others.
+        stray = unintended_eval_modules(self)
+        if stray:
+            rank_zero_warn(f"{len(stray)} module(s) in eval mode at the start of training that "
+                           f"train() would switch to training: {', '.join(stray[:8])}"
+                           + (", ..." if len(stray) > 8 else ""))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         # Lightning runs only this hook when the datamodule has one too: apply its augmentations
