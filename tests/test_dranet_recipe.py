@@ -199,15 +199,16 @@ def test_removed_generator_keys_are_refused_with_the_reason(key):
 
 
 def test_activation_checkpointing_changes_memory_not_results(toy_root, tmp_path):
-    # the generator and the perceptual net on translated images (one image per checkpoint) are
-    # recomputed in backward; neither has batch statistics, so the translator's losses and
-    # gradients are those without checkpointing, up to float rounding
+    # the encoder, the generator and the perceptual net on translated images (one image per
+    # checkpoint) are recomputed in backward; the translator's losses, gradients and the
+    # encoder's running statistics are those without checkpointing, up to float rounding
     torch.manual_seed(0)
     cfg = shrunk_config(toy_root, tmp_path, "dranet", "method.dranet.checkpointing=false")
     module, dm = build.build_module(cfg).train(), build.build_datamodule(cfg)
     batch = next(iter(dm.train_dataloader()))
     u_s, u_t = module.to_unit(batch["source"]["image"]), module.to_unit(batch["target"]["image"])
-    grads, values, state = {}, {}, {k: v.clone() for k, v in module.state_dict().items()}
+    grads, values, buffers = {}, {}, {}
+    state = {k: v.clone() for k, v in module.state_dict().items()}
     for flag in (False, True):
         module.load_state_dict(state)  # spectral norm's power iteration moves D's buffers
         module.checkpointing = module.translator.checkpointing = flag
@@ -219,9 +220,16 @@ def test_activation_checkpointing_changes_memory_not_results(toy_root, tmp_path)
         values[flag] = {k: float(v) for k, v in losses.items()}
         grads[flag] = {n: p.grad.clone() for n, p in module.translator.named_parameters()
                        if p.grad is not None}
+        buffers[flag] = {n: b.clone() for n, b in module.translator.encoder.named_buffers()}
     assert values[True] == pytest.approx(values[False], rel=1e-5, abs=1e-9)
     assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 10
     scale = max(float(g.abs().max()) for g in grads[False].values())
     for n, g in grads[False].items():  # parameters whose true gradient is ~0: absolute floor
         torch.testing.assert_close(grads[True][n], g, rtol=1e-3, atol=1e-5 * scale)
+    # the encoder's BatchNorm recomputed in backward: its running statistics moved once, as
+    # without checkpointing (two encodes per step: the batch, then the translations)
+    assert buffers[True].keys() == buffers[False].keys() and len(buffers[True]) > 3
+    for n, b in buffers[False].items():
+        torch.testing.assert_close(buffers[True][n], b, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(b, state[f"translator.encoder.{n}"]) for n, b in buffers[False].items())
     assert real_method_config().method.dranet.checkpointing  # on at real sizes

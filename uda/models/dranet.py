@@ -32,9 +32,8 @@ class DRANetTranslator(nn.Module):
         """width: the encoder's first width (features have width * 2**num_down channels);
         num_down: stride-2 stages (features at 1/2**num_down); num_res: residual blocks in the
         encoder and in the generator; enc_norm: the encoder's normalisation (batch | bin |
-        instance | none); checkpointing: decodes with gradients keep only their inputs and
-        recompute the generator in backward (it has no batch statistics, so the recomputation
-        is exact; the encoder's BatchNorm would update its running statistics twice);
+        instance | none); checkpointing: encodes and decodes with gradients keep only their
+        inputs and recompute the encoder / generator in backward (exact: see run_encoder);
         colour_transform: decode = a global affine colour map of the given image (ColourTransform:
         the domain map fitted to mean layouts, refined per image from the two style codes) plus
         the generator's one-channel output added to every channel in tanh-logit space (detail
@@ -78,10 +77,28 @@ class DRANetTranslator(nn.Module):
             return [self.encode_many([pair])[0] for pair in batches]
         sizes = [x.shape[0] for x, _ in batches]
         domains = [d for (x, d) in batches for _ in range(x.shape[0])]
-        feat = self.encoder(torch.cat([x for x, _ in batches]))
+        feat = self.run_encoder(torch.cat([x for x, _ in batches]))
         content, rest = self.separator.split(feat, domains)
         styles = rest.mean(dim=(2, 3), keepdim=True)
         return list(zip(content.split(sizes), styles.split(sizes)))
+
+    def run_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder on x; with checkpointing (and gradients) only x is kept and backward
+        recomputes the rest. Its BatchNorm uses the batch's statistics in training mode, so the
+        recomputation is exact; it runs on copies of the buffers, so the running statistics
+        move once per forward, as without checkpointing."""
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return self.encoder(x)
+        calls = []
+
+        def run(inp):
+            calls.append(1)
+            if len(calls) == 1:
+                return self.encoder(inp)
+            buffers = {n: b.clone() for n, b in self.encoder.named_buffers()}
+            return torch.func.functional_call(self.encoder, buffers, (inp,))
+
+        return checkpoint(run, x, use_reentrant=False)
 
     def decode(self, content: torch.Tensor, style: torch.Tensor,
                image: torch.Tensor | None = None, image_style: torch.Tensor | None = None,
