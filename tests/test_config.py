@@ -27,6 +27,22 @@ def test_unknown_key_in_parent_yaml_names_parent(tmp_path):
         load_config(f, ROOTS)
 
 
+def test_missing_defaults_file_names_it_and_the_referencing_file(tmp_path, capsys):
+    from uda.cli import main
+    write(tmp_path, "parent.yaml", "defaults: [base_typo.yaml]\nseed: 1\n")
+    f = write(tmp_path, "child.yaml", "defaults: [parent.yaml]\nseed: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, ROOTS)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'parent.yaml'}: 'defaults' entry 'base_typo.yaml'")
+    assert f"{tmp_path / 'base_typo.yaml'} not found" in msg
+    assert main(["train", "--config", str(f), *ROOTS, f"run.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uda: error: ") and err.count("\n") == 1
+    assert "parent.yaml" in err and "base_typo.yaml" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_wrong_type_and_unknown_override_fail(tmp_path):
     with pytest.raises(ConfigError, match="trainer.max_steps"):
         load_config(None, ROOTS + ["trainer.max_steps=many"])

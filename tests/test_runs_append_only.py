@@ -111,10 +111,12 @@ class FakeTrainer:
     is_global_zero, sanity_checking = True, False
     state = SimpleNamespace(fn="fit")
     strategy = SimpleNamespace(barrier=lambda name=None: None)
-    max_steps, global_step = 100, 4
+    max_steps, global_step, world_size = 100, 4, 1
 
-    def __init__(self, callback, module, fail=False):
+    def __init__(self, callback, module, fail=False, weight=0.0):
         self.callback, self.module, self.fail = callback, module, fail
+        self.lightning_module = torch.nn.BatchNorm1d(2)  # the state checked before each save
+        self.lightning_module.running_var.fill_(1.0 + weight)
 
     def save_checkpoint(self, path, weights_only=False):
         if self.fail:
@@ -125,9 +127,9 @@ class FakeTrainer:
         torch.save(ckpt, path)
 
 
-def validate(callback, miou, fail=False):
+def validate(callback, miou, fail=False, weight=0.0):
     module = SimpleNamespace(last_results={"mIoU": miou}, iteration=4)
-    callback.on_validation_end(FakeTrainer(callback, module, fail), module)
+    callback.on_validation_end(FakeTrainer(callback, module, fail, weight), module)
 
 
 def test_best_ckpt_is_only_replaced_by_a_better_model(tmp_path):
@@ -144,6 +146,16 @@ def test_best_ckpt_is_only_replaced_by_a_better_model(tmp_path):
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["uda"]["val_mIoU"] == 1.46
     validate(cb, 9.5)
     assert recorded_best(best) == 9.5 and cb.best == 9.5
+
+
+def test_no_checkpoint_is_written_from_a_non_finite_state(tmp_path):
+    from uda.nonfinite import NonFiniteStateError
+    validate(AtomicCheckpoint(tmp_path), 5.0)
+    kept = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(NonFiniteStateError, match=r"1 parameter/buffer tensor\(s\) "
+                                                  r"\(running_var\) at iteration 4"):
+        validate(AtomicCheckpoint(tmp_path), 9.0, weight=float("inf"))  # better, but inf
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == kept
 
 
 def test_failed_writes_leave_no_temp_file(tmp_path, monkeypatch):
@@ -222,3 +234,69 @@ def test_ctrl_c_checkpoints_and_exits_interrupted(toy_root, tmp_path):
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert 1 <= step < 1000 and last["uda"]["step"] == step
     assert "Traceback" not in out and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.fixture
+def broken_source(toy_root, tmp_path) -> Path:
+    """The toy source with every image truncated: the first training batch cannot be decoded."""
+    src = tmp_path / "broken_source"
+    shutil.copytree(toy_root / "source", src)
+    for f in (src / "images").glob("*.png"):
+        f.write_bytes(f.read_bytes()[:100])
+    return src
+
+
+def test_a_run_failing_at_start_leaves_no_stub_folder(toy_root, tmp_path, broken_source, capsys):
+    run = tmp_path / "new" / "deeper" / "run"
+    assert main(train_args(toy_root, run, "trainer.max_steps=2",
+                           f"data.source.root={broken_source}")) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("uda: error: ") and "cannot decode image" in err
+    assert f"removed what this run had created in {run}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken_source"]  # no new/deeper/run
+
+
+def test_a_failed_start_removes_only_what_it_created(toy_root, tmp_path, broken_source):
+    """In a folder that existed (a user's files in it, even in logs/): those stay as they were."""
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine\n")
+    (run / "logs" / "old.txt").write_text("old\n")
+    before = snapshot(run)
+    assert main(train_args(toy_root, run, "trainer.max_steps=2",
+                           f"data.source.root={broken_source}")) == 2
+    assert snapshot(run) == before
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        "logs", "logs/old.txt", "notes.txt"]
+
+
+def test_multi_process_run_prints_the_global_batch(toy_root, tmp_path, monkeypatch, capsys):
+    """trainer.devices=3 on CPU: one line on the global batch (the fit itself is cut short by
+    the test, which also shows that a crash before any checkpoint leaves no stub folder)."""
+    original = uda.build.build_trainer
+
+    def no_fit(*a, **k):
+        trainer = original(*a, **k)
+        monkeypatch.setattr(trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("fit stopped by the test")))
+        return trainer
+
+    monkeypatch.setattr(uda.build, "build_trainer", no_fit)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="fit stopped by the test"):
+        main(train_args(toy_root, run, "trainer.devices=3", "trainer.accelerator=cpu"))
+    out = capsys.readouterr().out
+    assert out.count("global batch") == 1
+    assert "uda: 3 processes x batch 2 = global batch 6 per domain (data.batch_size is per " \
+           "process)" in out
+    assert not run.exists()
+
+
+def test_one_process_prints_no_global_batch_line(toy_root, tmp_path):
+    from conftest import shrunk_config
+    from uda.train import global_batch_note
+    cfg = shrunk_config(toy_root, tmp_path, "source_only")
+    assert global_batch_note(uda.build.build_trainer(cfg, tmp_path, []), 2) is None
+    cfg = shrunk_config(toy_root, tmp_path, "source_only", "trainer.devices=2")
+    assert global_batch_note(uda.build.build_trainer(cfg, tmp_path, []), 4) == (
+        "uda: 2 processes x batch 4 = global batch 8 per domain (data.batch_size is per process)")

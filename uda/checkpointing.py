@@ -2,7 +2,9 @@
 `every_n_iterations` and at the end), `best.ckpt` (best target-val mIoU so far; NOT a fair
 number to report: it selects on the evaluation set) and, when periodic, `iter-NNNNNNN.ckpt`.
 A crash mid-write leaves the previous file intact (temp file + rename); a failed write (full
-disk, a second Ctrl-C) removes its temp file.
+disk, a second Ctrl-C) removes its temp file. Before each save the parameters and buffers are
+checked (all ranks together): a NaN/Inf state raises `NonFiniteStateError` and nothing is
+written, so every checkpoint holds finite values.
 
 `best.ckpt` is only ever replaced by a better model: the best so far is the larger of the value
 saved in the resumed checkpoint's callback state and the `val_mIoU` recorded in an existing
@@ -26,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 
 from uda.io import remove_quietly, temp_path
+from uda.nonfinite import check_finite_state
 
 
 def recorded_info(path: Path) -> dict:
@@ -98,7 +101,9 @@ class AtomicCheckpoint(pl.Callback):
         self._kind = "last"
 
     def save(self, trainer: pl.Trainer, kind: str, name: str | None = None) -> Path:
-        """Write `<name or kind>.ckpt` atomically (every rank must call; rank 0 writes)."""
+        """Write `<name or kind>.ckpt` atomically (every rank must call; rank 0 writes), unless
+        the model state is non-finite (NonFiniteStateError, nothing written)."""
+        check_finite_state(trainer, trainer.lightning_module)
         self._kind = kind
         final = self.dirpath / f"{name or kind}.ckpt"
         tmp = temp_path(final)

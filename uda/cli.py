@@ -57,9 +57,24 @@ def image_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _check_outputs(files=(), folders=()) -> None:
+    """Fail before any work when an output path cannot be written: `files` and `folders` are
+    (option, path) pairs; a None path is skipped."""
+    from uda.output_paths import check_output_dir, check_output_file
+    for option, path in files:
+        if path is not None:
+            check_output_file(path, option, f"give a writable {option} path")
+    for option, path in folders:
+        if path is not None:
+            check_output_dir(path, option, f"give a writable {option} folder")
+
+
 def _cmd_train(args) -> int:
     from uda.config import load_config
     cfg = load_config(args.config, args.overrides)  # before Lightning: config errors are quick
+    if cfg.run.dir:
+        from uda.output_paths import check_run_dir
+        check_run_dir(cfg.run.dir)
     from uda.train import EXIT_INTERRUPTED, train
     result = train(cfg, resume=args.resume, print_config=args.print_config)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
@@ -68,6 +83,7 @@ def _cmd_train(args) -> int:
 def _cmd_make_toy(args) -> int:
     from datamodules.toy import make_toy
     from uda.config import ConfigError
+    _check_outputs(folders=[("--out", args.out)])
     h, w = args.size
     try:
         summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
@@ -85,6 +101,7 @@ def _cmd_make_toy(args) -> int:
 def _cmd_check(args) -> int:
     from datamodules.check import check_dataset, format_report
     from uda.io import write_json_atomic
+    _check_outputs(files=[("--output", args.output)])
     result = check_dataset(args.dataset, args.root, args.split, workers=args.workers)
     print(format_report(result))
     if args.output:
@@ -98,12 +115,14 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    _check_outputs(files=[("--output", args.output)], folders=[("--export", args.export)])
     from uda.evaluate import evaluate
     evaluate(args.checkpoint, args.config, args.overrides, args.output, args.export)
     return 0
 
 
 def _cmd_predict(args) -> int:
+    _check_outputs(folders=[("--output", args.output)])
     from uda.evaluate import predict
     written = predict(args.checkpoint, args.input, args.output, args.format, args.config,
                       args.overrides)
@@ -113,6 +132,8 @@ def _cmd_predict(args) -> int:
 
 def _cmd_translate(args) -> int:
     from uda.config import ConfigError
+    _check_outputs(files=[("--score-output", args.score_output)],
+                   folders=[("--output", args.output)])
     if not args.score:
         given = [f for f, v in (("--reference", args.reference), ("--num-images", args.num_images),
                                 ("--score-output", args.score_output)) if v is not None]
@@ -147,6 +168,9 @@ def _cmd_benchmark_toy(args) -> int:
         except ValueError:
             raise ConfigError(f"--shifts: expected comma-separated integers >= 0 (e.g. 0,1,2), "
                               f"got {args.shifts!r}") from None
+    data = [Path(args.data)] if shifts is None else [Path(args.data) / f"shift{k}" for k in shifts]
+    generated = any(not (d / "toy_meta.json").is_file() for d in data)  # data written when absent
+    _check_outputs(folders=[("--out", args.out), *([("--data", args.data)] if generated else [])])
     benchmark_toy(args.seeds, methods, args.data, args.out, args.overrides,
                   config_dir=args.config_dir, class_iou=args.class_iou,
                   spurious_cue=args.spurious_cue, cue_conflicting=args.cue_conflicting,
@@ -162,6 +186,7 @@ def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
     from uda.io import write_json_atomic
     from uda.metrics.report import format_table
+    _check_outputs(files=[("--output", args.output)])
     results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,
                                 num_workers=args.workers)
     print(format_table(results))
@@ -191,9 +216,10 @@ def make_parser() -> argparse.ArgumentParser:
                    "last.ckpt if present, else start fresh. Without it, a run.dir that holds a "
                    "run is refused (runs are never overwritten)")
     t.set_defaults(func=_cmd_train)
-    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration error or refused run.dir / "
-                "resume (nothing written) or non-finite loss, 3 interrupted by SIGINT/SIGTERM/"
-                "SIGUSR1 (last.ckpt written: continue with --resume auto)")
+    t.epilog = ("exit codes: 0 finished, 1 crashed, 2 configuration error, unwritable or refused "
+                "run.dir / resume (nothing written), or a NaN/Inf loss or model state (no "
+                "checkpoint written from it), 3 interrupted by SIGINT/SIGTERM/SIGUSR1 (last.ckpt "
+                "written: continue with --resume auto)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on the target val split",
                         description="Run the evaluation protocol (eval.* keys: whole/slide, "
@@ -317,12 +343,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _reported_errors() -> tuple[type[BaseException], ...]:
     """The exceptions reported as one `uda: error:` line. Looked up only once one was raised:
-    `NonFiniteLossError` lives in uda.modules.base (Lightning), which only training loads, so it
-    is taken from sys.modules instead of being imported."""
+    `NonFiniteError` lives in uda.nonfinite (torch), which only training loads, so it is taken
+    from sys.modules instead of being imported."""
     from datamodules.io import DatasetError
     from uda.config import ConfigError
-    base = sys.modules.get("uda.modules.base")
-    return (ConfigError, DatasetError) + ((base.NonFiniteLossError,) if base else ())
+    nonfinite = sys.modules.get("uda.nonfinite")
+    return (ConfigError, DatasetError) + ((nonfinite.NonFiniteError,) if nonfinite else ())
 
 
 def _interruption():

@@ -394,7 +394,12 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     if isinstance(parents, str):
         parents = [parents]
     for parent in parents or []:
-        chain += _load_yaml_chain(path.parent / str(parent), seen + (path,))
+        parent_path = path.parent / str(parent)
+        if not parent_path.is_file():
+            raise ConfigError(f"{path}: 'defaults' entry '{parent}': config file {parent_path} "
+                              f"not found (paths are relative to {path.parent}); fix or remove "
+                              "the entry")
+        chain += _load_yaml_chain(parent_path, seen + (path,))
     chain.append((path, node))
     return chain
 

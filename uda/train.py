@@ -4,10 +4,14 @@ Run directory contents: config.yaml (resolved), checkpoints/{last,best}.ckpt, lo
 metrics), results.json (final-weights evaluation on target val; schema in uda.metrics.report,
 plus "step" (iterations) and "checkpoint": "last").
 
-Runs are append-only: without `resume` a directory holding an earlier run is refused before
-anything is written (`uda.run_guard`); a resume is checked (kind of run, iteration, weight
-shapes) before anything is written, config.yaml is rewritten only once the checkpoint has been
-loaded, and logs/metrics.csv is appended to.
+Runs are append-only: an unwritable run.dir, or without `resume` a directory holding an
+earlier run, is refused before anything is written (`uda.output_paths`, `uda.run_guard`); a
+resume is checked (kind of run, iteration, weight shapes) before anything is written,
+config.yaml is rewritten only once the checkpoint has been loaded, and logs/metrics.csv is
+appended to. A run that fails before its first checkpoint removes what it created
+(`uda.run_guard.StartGuard`), except after a NaN/Inf loss or model state: that stops the run
+naming the last good checkpoint, or saying that none exists (`uda.nonfinite`), and keeps the
+logs of the divergence.
 
 Multi-process runs: every rank runs this function (torchrun/SLURM start N copies; Lightning's
 own launcher re-executes the command). They agree on the run directory through `UDA_RUN_DIR`
@@ -29,9 +33,12 @@ from uda import build, logging_setup
 from uda.callbacks import GracefulStop, WriteOnTrainStart
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
+from uda.nonfinite import (ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteStateError,
+                           last_good_checkpoint)
+from uda.output_paths import check_run_dir
 from uda.reporting import ResultsReport
+from uda.run_guard import StartGuard, refuse_overwrite
 from uda.run_summary import end_summary, start_summary
-from uda.run_guard import refuse_overwrite
 
 EXIT_INTERRUPTED = 3  # exit code of `uda train`/`uda benchmark` stopped by SIGINT/SIGTERM/SIGUSR1
 
@@ -115,6 +122,7 @@ def train(cfg: Config, resume: str | None = None, print_config: bool = False) ->
         raise ConfigError("--resume auto needs run.dir=... (the run to continue)")
     run_dir = shared_run_dir(cfg)
     if rank_zero_only.rank == 0:  # other ranks may start after rank 0 has written files
+        check_run_dir(run_dir)
         refuse_overwrite(run_dir, resume)
     ckpt_path = resume_path(resume, run_dir)
     start, saved = 0, None
@@ -125,6 +133,51 @@ def train(cfg: Config, resume: str | None = None, print_config: bool = False) ->
     config_yaml = to_yaml(cfg)
     if print_config and rank_zero_only.rank == 0:
         print(f"--- resolved config ---\n{config_yaml}---", flush=True)
+    guard = StartGuard(run_dir) if rank_zero_only.rank == 0 else None
+    try:
+        return _fit(cfg, run_dir, config_yaml, ckpt_path, start, saved)
+    except BaseException as e:
+        error = worker_error(e)
+        if isinstance(error, NonFiniteError):  # name the last good checkpoint, if there is one
+            note = last_good_checkpoint(run_dir / "checkpoints")
+            raise type(error)(f"{error}; {note}. {ADVICE}") from None
+        if guard is not None and guard.undo():
+            print(f"uda: removed what this run had created in {run_dir} (it failed before "
+                  "writing a checkpoint)", flush=True)
+        if error is e:
+            raise
+        raise error from None
+
+
+def worker_error(e: BaseException) -> BaseException:
+    """The uda error (NaN/Inf, configuration, dataset) that a ddp_fork/ddp_spawn worker raised,
+    rebuilt from the ProcessRaisedException through which the launcher reports it (its
+    traceback as text, the error on the last line), so that the CLI reports it in one line with
+    its exit code; any other exception is returned as is."""
+    from torch.multiprocessing import ProcessRaisedException
+
+    from datamodules.io import DatasetError
+    if not isinstance(e, ProcessRaisedException):
+        return e
+    name, _, message = str(e).strip().splitlines()[-1].partition(": ")
+    for cls in (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError):
+        if name == f"{cls.__module__}.{cls.__qualname__}":
+            return cls(message)
+    return e
+
+
+def global_batch_note(trainer: pl.Trainer, batch_size: int) -> str | None:
+    """One line on the global batch when several processes train (each has its own batch)."""
+    n = trainer.world_size
+    if n <= 1:
+        return None
+    return (f"uda: {n} processes x batch {batch_size} = global batch {n * batch_size} per domain "
+            "(data.batch_size is per process)")
+
+
+def _fit(cfg: Config, run_dir: Path, config_yaml: str, ckpt_path, start: int, saved) -> dict:
+    """Build data, model and trainer, fit, evaluate the final weights; the results (or
+    {"interrupted": True, "step"} when stopped by a signal)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
     datamodule.start_step = start  # the samplers continue the uninterrupted stream
@@ -147,6 +200,9 @@ def train(cfg: Config, resume: str | None = None, print_config: bool = False) ->
                                   module.optimizer_steps_per_iteration)
     if rank_zero_only.rank == 0:
         print(start_summary(cfg, run_dir, datamodule, trainer), flush=True)
+    note = global_batch_note(trainer, cfg.data.batch_size)
+    if note and rank_zero_only.rank == 0:
+        print(note, flush=True)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
     try:

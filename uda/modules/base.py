@@ -30,6 +30,7 @@ from uda.metrics.report import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin
+from uda.nonfinite import NonFiniteLossError
 
 
 def poly_lambda(max_steps: int, power: float):
@@ -63,10 +64,6 @@ def forward_keeping_buffers(module: nn.Module, *args):
     statistics, so the gradients are those of a training forward."""
     buffers = {name: buf.clone() for name, buf in module.named_buffers()}
     return torch.func.functional_call(module, buffers, args)
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN/Inf loss beyond the allowed number of skipped iterations."""
 
 
 class SegmentationModule(DebiasMixin, pl.LightningModule):
@@ -140,8 +137,8 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
     def backward_step(self, optimizer, loss: torch.Tensor, name: str) -> bool:
         """zero_grad, manual_backward, step: the recipe's optimizer step. A NaN/Inf loss on any
         rank (decided jointly, so all ranks skip together) skips the step and returns False, up
-        to `max_nonfinite_skips` times; after that NonFiniteLossError stops the run, and no
-        checkpoint is written from the bad state (last.ckpt stays the last good one)."""
+        to `max_nonfinite_skips` times; after that NonFiniteLossError stops the run before any
+        checkpoint is written from the bad state (`uda.train` then names the last good one)."""
         bad = not bool(torch.isfinite(loss.detach()).all())
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
@@ -149,10 +146,8 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
             self.nonfinite_skips = getattr(self, "nonfinite_skips", 0) + 1
             where = f"non-finite {name} loss ({float(loss.detach()):.4g}) at iteration {self.iteration}"
             if self.nonfinite_skips > self.max_nonfinite_skips:
-                raise NonFiniteLossError(
-                    f"{where}; stopping (last.ckpt is the last good checkpoint). Try a lower "
-                    "learning rate or trainer.precision=32-true; trainer.max_nonfinite_skips=N "
-                    "skips up to N such iterations")
+                raise NonFiniteLossError(f"{where}; stopping (trainer.max_nonfinite_skips=N "
+                                         "skips up to N such iterations)")
             rank_zero_warn(f"{where}: iteration skipped ({self.nonfinite_skips}/"
                            f"{self.max_nonfinite_skips} allowed)")
             with torch.no_grad():  # the bad forward already moved BN statistics: undo it
