@@ -321,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         if stop is not None and isinstance(e, stop[0]):
             print(f"uda: interrupted: {e}", file=sys.stderr)
             return stop[1]
-        if not isinstance(e, _reported_errors()):
+        from uda.errors import user_message
+        message = user_message(e, _reported_errors())
+        if message is None:
             raise
-        print(f"uda: error: {e}", file=sys.stderr)
+        print(f"uda: error: {message}", file=sys.stderr)
         return 2
 
 
