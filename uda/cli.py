@@ -63,9 +63,19 @@ def _cmd_train(args) -> int:
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
+def _check_cue(args) -> None:
+    """`--cue-conflicting` (make-toy, benchmark toy) only means something with `--spurious-cue`."""
+    if args.cue_conflicting and not args.spurious_cue:
+        from uda.config import ConfigError
+        raise ConfigError(f"--cue-conflicting {args.cue_conflicting} needs --spurious-cue (the "
+                          "bias-conflicting source images are those without the cue): add "
+                          "--spurious-cue or drop --cue-conflicting")
+
+
 def _cmd_make_toy(args) -> int:
     from datamodules.toy import make_toy
     from uda.config import ConfigError
+    _check_cue(args)
     h, w = args.size
     try:
         summary = make_toy(args.out, seed=args.seed, num_source=args.num_source,
@@ -128,6 +138,7 @@ def _cmd_translate(args) -> int:
 
 
 def _cmd_benchmark_toy(args) -> int:
+    _check_cue(args)
     from uda.benchmark import benchmark_toy
     from uda.config import ConfigError
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
