@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.datasets import DATASETS
-from datamodules.datasets.base import Sample, SegmentationDataset
+from datamodules.datasets.base import Sample, SegmentationDataset, size_mismatch
 from datamodules.io import DatasetError, read_rgb
 from datamodules.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
@@ -38,17 +38,15 @@ def _check_one(ds: SegmentationDataset, s: Sample) -> tuple[np.ndarray, list[str
         except DatasetError as e:
             problems.append(str(e))
             return hist, problems, warnings
-        values = np.unique(raw)
-        bad = np.setdiff1d(values, np.asarray(ds.valid_raw_ids(s.label)))
-        if bad.size:
-            problems.append(f"{s.label}: unexpected label value(s) {bad[:10].tolist()} for "
-                            f"{ds.dataset_name} (is this a label map of this dataset?)")
+        try:
+            ds.check_label_values(s.label, raw)  # the check training and evaluation apply
+        except DatasetError as e:
+            problems.append(str(e))
         train_ids = ds.lut_for(s.label)[raw]
         train_ids = np.where(train_ids == IGNORE_INDEX, NUM_CLASSES, train_ids)
         hist += np.bincount(train_ids.ravel(), minlength=NUM_CLASSES + 1)[: NUM_CLASSES + 1]
         if img_hw is not None and tuple(raw.shape[:2]) != tuple(img_hw):
-            warnings.append(f"{s.label}: label size {raw.shape[1]}x{raw.shape[0]} differs from "
-                            f"image size {img_hw[1]}x{img_hw[0]}; resized (nearest) when loaded")
+            warnings.append(size_mismatch(s.label, raw.shape, img_hw))
     return hist, problems, warnings
 
 

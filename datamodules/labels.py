@@ -38,6 +38,12 @@ def _cityscapes_id_lut() -> np.ndarray:
 
 CITYSCAPES_ID_TO_TRAINID = _cityscapes_id_lut()
 
+# Values a Cityscapes labelIds map may hold (GTA5 labels use the same ids): the label ids 0..33
+# and 255, 'license plate' (id -1) as stored in uint8. Other values belong to no class.
+CITYSCAPES_RAW_IDS: tuple[int, ...] = tuple(range(34)) + (255,)
+# Values a trainIds map may hold: the classes and ignore.
+TRAIN_IDS: tuple[int, ...] = tuple(range(NUM_CLASSES)) + (IGNORE_INDEX,)
+
 # trainId -> Cityscapes label id, for exporting predictions in the official labelIds format.
 TRAINID_TO_CITYSCAPES_ID = np.array(
     [next(lbl.id for lbl in _CS_LABELS if lbl.trainId == t) for t in range(NUM_CLASSES)],
@@ -74,3 +80,25 @@ def map_ids(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
             out[ok] = lut[label[ok]]
             return out
     return lut[label]
+
+
+def unknown_ids(label: np.ndarray, valid) -> list[int]:
+    """The values of `label` (HxW integer array) that are not in `valid`, ascending. One pass over
+    the pixels (a histogram for uint8/uint16 maps, ~3 ms for 2 megapixels)."""
+    if label.dtype == np.uint8 or label.dtype == np.uint16:
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=1))
+    else:
+        present = np.unique(label)
+    return [int(v) for v in np.setdiff1d(present, np.asarray(valid, dtype=np.int64))]
+
+
+def describe_ids(ids) -> str:
+    """Compact ranges of sorted ids: (0, 1, 2, 3, 255) -> '0-3, 255'."""
+    ids, parts, i = sorted(ids), [], 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ", ".join(parts)

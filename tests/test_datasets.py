@@ -37,11 +37,13 @@ def test_real_gta5_palette_label_reads_indices_not_colours(real_samples, tmp_pat
     shutil.copy(path, tmp_path / "labels" / "00001.png")
     Image.fromarray(np.zeros((128, 256, 3), np.uint8)).save(tmp_path / "images" / "00001.png")
     ds = GTA5Dataset(tmp_path, "train")
-    image, mask = ds.load(0)
+    with pytest.warns(UserWarning, match=r"00001\.png: label size 512x256 differs from image size "
+                      r"256x128; resized \(nearest\)"):
+        image, mask = ds.load(0)
+        item = ds[0]
     assert image.shape == (128, 256, 3) and mask.shape == (128, 256)
     # nearest 2x downscale samples pixel centres: source pixel (2i+1, 2j+1)
     np.testing.assert_array_equal(mask, official_trainids(raw)[1::2, 1::2])
-    item = ds[0]
     assert item["name"] == "00001" and item["mask"].dtype.__str__() == "torch.int64"
 
 
@@ -129,3 +131,53 @@ def test_clear_errors(tmp_path):
     (tmp_path / "list.txt").write_text("00001\n00002\n")
     with pytest.raises(DatasetError, match="list.txt: 1 listed name"):
         GTA5Dataset(tmp_path, list_file=tmp_path / "list.txt")
+
+
+def _gta_one(root, label: np.ndarray):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.zeros(label.shape + (3,), np.uint8)).save(root / "images" / "00001.png")
+    Image.fromarray(label).save(root / "labels" / "00001.png")
+    return GTA5Dataset(root)
+
+
+def _cityscapes_one(root, label: np.ndarray, kind: str):
+    img = root / "leftImg8bit" / "val" / "c" / "c_000000_000000_leftImg8bit.png"
+    gt = root / "gtFine" / "val" / "c" / f"c_000000_000000_gtFine_{kind}.png"
+    for p in (img, gt):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros(label.shape + (3,), np.uint8)).save(img)
+    Image.fromarray(label).save(gt)
+    return CityscapesDataset(root, "val"), gt
+
+
+@pytest.mark.parametrize("kind,bad,good", [("labelIds", 200, 33), ("labelTrainIds", 19, 18)])
+def test_cityscapes_label_values_are_checked_when_loading(tmp_path, kind, bad, good):
+    """As `uda data check`: a value that is no id of the label kind fails, naming file and value."""
+    label = np.full((4, 6), good, np.uint8)
+    label[0, 0] = 255                                   # valid in both kinds
+    ds, gt = _cityscapes_one(tmp_path / "ok", label, kind)
+    assert ds.load(0)[1].shape == (4, 6)
+    label[1, 1] = bad
+    ds, gt = _cityscapes_one(tmp_path / "bad", label, kind)
+    with pytest.raises(DatasetError, match=rf"{gt.name}: unexpected label value\(s\) \[{bad}\] for "
+                       rf"cityscapes {kind}"):
+        ds[0]
+
+
+def test_gta5_palette_ids_are_checked_when_loading(tmp_path):
+    label = np.full((4, 6), 7, np.uint8)
+    label[2, 3] = 40                                    # no Cityscapes label id
+    ds = _gta_one(tmp_path, label)
+    with pytest.raises(DatasetError, match=r"00001\.png: unexpected label value\(s\) \[40\] for gta5 "
+                       r"label ids \(valid: 0-33, 255\)"):
+        ds.load(0)
+
+
+def test_unknown_ids_and_describe_ids():
+    from datamodules.labels import describe_ids, unknown_ids
+    label = np.array([[0, 5, 200], [255, 34, 5]], np.uint8)
+    assert unknown_ids(label, range(34)) == [34, 200, 255]
+    assert unknown_ids(np.array([[0, 1000], [7, 0]], np.uint16), [0, 7]) == [1000]
+    assert unknown_ids(np.array([[-1, 3]], np.int32), [3]) == [-1]
+    assert describe_ids((0, 1, 2, 3, 255)) == "0-3, 255" and describe_ids([4, 7, 8]) == "4, 7-8"

@@ -198,8 +198,8 @@ def test_absent_classes_nan_like_official(tmp_path, official):
     assert ours["per_class_iou"]["road"] is not None and ours["per_class_iou"]["road"] > 90.0
 
 
-def test_non_eval_ids_above_33_equal_id_0(tmp_path):
-    """labelIds 255 (outside the official table, which would crash on it) is a non-eval id like 0."""
+def test_label_id_255_is_non_eval_like_id_0(tmp_path):
+    """labelIds 255 (license plate, id -1, as stored in uint8) is a non-eval id like 0."""
     gts = _gt_files()[:2]
     root = _gt_root(tmp_path, gts)
     for gt in gts:
@@ -207,14 +207,39 @@ def test_non_eval_ids_above_33_equal_id_0(tmp_path):
         _write(p, tmp_path / "a" / f"{_key(gt)}.png")
         p[p == 0] = 255
         _write(p, tmp_path / "b" / f"{_key(gt)}.png")
-        p16 = p.astype(np.uint16)                          # 16-bit PNG, ids >= 256 are non-eval
-        p16[p == 255] = 1000
-        (tmp_path / "c").mkdir(exist_ok=True)
-        Image.fromarray(p16).save(tmp_path / "c" / f"{_key(gt)}.png")
-    a = evaluate_pred_dir(tmp_path / "a", root)
-    b = evaluate_pred_dir(tmp_path / "b", root)
-    c = evaluate_pred_dir(tmp_path / "c", root)
-    assert a == b == c
+    assert evaluate_pred_dir(tmp_path / "a", root) == evaluate_pred_dir(tmp_path / "b", root)
+
+
+def test_label_ids_without_class_are_rejected_naming_file_and_value(tmp_path):
+    """labelIds mode: a prediction value that is no Cityscapes id (34..254, or >= 256 in a 16-bit
+    file) is an error listing every such file and value, as is such a value in the ground truth."""
+    gts = _gt_files()[:3]
+    root = _gt_root(tmp_path, gts)
+    pred = tmp_path / "pred"
+    p0 = _read(gts[0]).copy()
+    p0[:4, :4] = 200
+    _write(p0, pred / f"{_key(gts[0])}.png")
+    p16 = _read(gts[1]).astype(np.uint16)
+    p16[-1, -1] = 1000
+    pred.mkdir(exist_ok=True)
+    Image.fromarray(p16).save(pred / f"{_key(gts[1])}.png")
+    _write(_read(gts[2]), pred / f"{_key(gts[2])}.png")       # a valid prediction
+    with pytest.raises(DatasetError) as e:
+        evaluate_pred_dir(pred, root)
+    msg = str(e.value)
+    assert f"{_key(gts[0])}.png: values [200]" in msg and f"{_key(gts[1])}.png: values [1000]" in msg
+    assert f"{_key(gts[2])}.png" not in msg and "files with other values (2)" in msg
+    # a ground-truth file with a class-less id is named too (whatever the prediction format)
+    bad_gt = root / "gtFine" / "val" / gts[2].parent.name / gts[2].name
+    g = _read(gts[2]).copy()
+    g[0, 0] = 77
+    bad_gt.unlink()
+    _write(g, bad_gt)
+    _write(_read(gts[0]), pred / f"{_key(gts[0])}.png")
+    _write(_read(gts[1]), pred / f"{_key(gts[1])}.png")
+    for fmt in ("labelIds", "trainIds"):
+        with pytest.raises(DatasetError, match=rf"{gts[2].name}: values \[77\]"):
+            evaluate_pred_dir(pred, root, fmt=fmt)
 
 
 def test_matching_errors_list_all_files(tmp_path):

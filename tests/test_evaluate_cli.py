@@ -40,17 +40,44 @@ def test_evaluate_reproduces_training_results_and_exports(trained, toy_root, tmp
 
 
 @pytest.mark.ddp
-def test_two_process_evaluate_equals_single_process(trained, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp_fork", "auto"])
+def test_two_process_evaluate_equals_single_process(trained, tmp_path, strategy):
     single, double = tmp_path / "1.json", tmp_path / "2.json"
     ckpt = str(trained / "checkpoints/last.ckpt")
     assert main(["evaluate", "--checkpoint", ckpt, "--output", str(single),
                  "trainer.progress_bar=false"]) == 0
     assert main(["evaluate", "--checkpoint", ckpt, "--output", str(double),
                  "trainer.progress_bar=false", "trainer.devices=2",
-                 "trainer.strategy=ddp_fork", "data.val_batch_size=1"]) == 0
+                 f"trainer.strategy={strategy}", "data.val_batch_size=1"]) == 0
     a, b = json.loads(single.read_text()), json.loads(double.read_text())
     assert b["num_images"] == 5  # odd count: 3 + 2 images, none duplicated
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["mIoU"] == b["mIoU"]
+
+
+@pytest.mark.parametrize("strategy,start", [("auto", "fork"), ("ddp", "popen"),
+                                            ("ddp_spawn", "spawn")])
+def test_evaluate_uses_the_training_strategy(trained, monkeypatch, strategy, start):
+    """Several devices get the project's DDP (process-group timeout), as in training."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    import uda.evaluate
+
+    class Stop(Exception):
+        pass
+
+    def trainer(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    seen = {}
+    monkeypatch.setattr(uda.evaluate.pl, "Trainer", trainer)
+    with pytest.raises(Stop):
+        main(["evaluate", "--checkpoint", str(trained / "checkpoints/last.ckpt"),
+              "trainer.accelerator=cpu", "trainer.devices=2", f"trainer.strategy={strategy}",
+              "trainer.ddp_timeout_s=91"])
+    s = seen["strategy"]
+    assert isinstance(s, DDPStrategy) and s._start_method == start
+    assert s._timeout.total_seconds() == 91 and seen["devices"] == 2
 
 
 def test_evaluate_with_flip_and_slide_protocols(trained, tmp_path):

@@ -26,7 +26,7 @@ from uda import logging_setup, panels
 from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
-from uda.models.weights import load_matching_weights
+from uda.models.weights import WeightsError, load_matching_weights
 from uda.modules import SourceOnly
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
@@ -91,8 +91,19 @@ def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
 
 
 def build_segmenter(cfg: Config) -> nn.Module:
-    m = cfg.model
-    n = cfg.data.num_classes
+    try:
+        net = _segmenter(cfg.model, cfg.data.num_classes)
+    except (FileNotFoundError, WeightsError) as e:  # only weight loading raises these
+        raise ConfigError(f"model.pretrained: {e}") from None
+    if cfg.model.freeze_bn:
+        if not hasattr(net, "freeze_bn"):
+            raise ValueError(f"model.freeze_bn is not supported by model.name={cfg.model.name!r}")
+        net.freeze_bn()
+    return net
+
+
+def _segmenter(m, n: int) -> nn.Module:
+    """The network of a `model` config section with `n` classes, its weights loaded."""
     if m.name == "small":
         net = SmallSegNet(num_classes=n, width=m.width)
         if m.pretrained:
@@ -104,10 +115,6 @@ def build_segmenter(cfg: Config) -> nn.Module:
         net = DRNC26(num_classes=n, pretrained=m.pretrained)
     else:
         raise ValueError(f"model.name={m.name!r} is not available")
-    if m.freeze_bn:
-        if not hasattr(net, "freeze_bn"):
-            raise ValueError(f"model.freeze_bn is not supported by model.name={m.name!r}")
-        net.freeze_bn()
     return net
 
 

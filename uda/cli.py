@@ -80,9 +80,19 @@ def _cmd_train(args) -> int:
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
+def _check_cue(args) -> None:
+    """`--cue-conflicting` (make-toy, benchmark toy) only means something with `--spurious-cue`."""
+    if args.cue_conflicting and not args.spurious_cue:
+        from uda.config import ConfigError
+        raise ConfigError(f"--cue-conflicting {args.cue_conflicting} needs --spurious-cue (the "
+                          "bias-conflicting source images are those without the cue): add "
+                          "--spurious-cue or drop --cue-conflicting")
+
+
 def _cmd_make_toy(args) -> int:
     from datamodules.toy import make_toy
     from uda.config import ConfigError
+    _check_cue(args)
     _check_outputs(folders=[("--out", args.out)])
     h, w = args.size
     try:
@@ -158,6 +168,7 @@ def _cmd_translate(args) -> int:
 
 
 def _cmd_benchmark_toy(args) -> int:
+    _check_cue(args)
     from uda.benchmark import benchmark_toy
     from uda.config import ConfigError
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -367,9 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if stop is not None and isinstance(e, stop[0]):
             print(f"uda: interrupted: {e}", file=sys.stderr)
             return stop[1]
-        if not isinstance(e, _reported_errors()):
+        from uda.errors import user_message
+        message = user_message(e, _reported_errors())
+        if message is None:
             raise
-        print(f"uda: error: {e}", file=sys.stderr)
+        print(f"uda: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -76,7 +76,8 @@ def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=N
             f"{export}/color") if export else None
     report = ResultsReport(f"{checkpoint}, {d.target.dataset} {d.target_val_split}", output,
                            extra, note=note)
-    trainer = pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+    trainer = pl.Trainer(accelerator=t.accelerator, devices=t.devices,
+                         strategy=build.build_strategy(cfg),  # as training: auto/ddp* with >1 device
                          num_nodes=t.num_nodes, precision=t.precision, logger=False,
                          enable_progress_bar=t.progress_bar, enable_model_summary=False,
                          use_distributed_sampler=False, callbacks=[report])

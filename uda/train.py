@@ -33,6 +33,7 @@ from uda import build, logging_setup
 from uda.callbacks import GracefulStop, WriteOnTrainStart
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
+from uda.errors import raised_in_rank
 from uda.nonfinite import (ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteStateError,
                            last_good_checkpoint)
 from uda.output_paths import check_run_dir
@@ -150,20 +151,11 @@ def train(cfg: Config, resume: str | None = None, print_config: bool = False) ->
 
 
 def worker_error(e: BaseException) -> BaseException:
-    """The uda error (NaN/Inf, configuration, dataset) that a ddp_fork/ddp_spawn worker raised,
-    rebuilt from the ProcessRaisedException through which the launcher reports it (its
-    traceback as text, the error on the last line), so that the CLI reports it in one line with
-    its exit code; any other exception is returned as is."""
-    from torch.multiprocessing import ProcessRaisedException
-
+    """The uda error (NaN/Inf, configuration, dataset) that a ddp_fork/ddp_spawn rank raised,
+    rebuilt from the launcher's report, so that the CLI prints it in one line with its exit
+    code and the NaN/Inf note can name the last good checkpoint; any other exception as is."""
     from datamodules.io import DatasetError
-    if not isinstance(e, ProcessRaisedException):
-        return e
-    name, _, message = str(e).strip().splitlines()[-1].partition(": ")
-    for cls in (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError):
-        if name == f"{cls.__module__}.{cls.__qualname__}":
-            return cls(message)
-    return e
+    return raised_in_rank(e, (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError))
 
 
 def global_batch_note(trainer: pl.Trainer, batch_size: int) -> str | None:

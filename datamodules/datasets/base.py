@@ -6,9 +6,15 @@ Item contract (`__getitem__`): a dict with
   name:  str, the sample's stem (e.g. 'aachen_000000_000019' or '00001').
 The index may be an int, or a pair (index, seed) from the training samplers: the seed then drives
 the random transforms of that draw, so augmentation is reproducible whatever the worker count.
+
+Every label file read is checked as `uda data check` checks it: a value that is no label id of
+the format (e.g. 200 in a Cityscapes labelIds map) raises `DatasetError` naming the file. A label
+whose size differs from its image's is resized to it (nearest), with a warning naming the file
+(once per file and process), as `data check` reports it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datamodules.io import DatasetError, read_label, read_rgb
-from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, map_ids
+from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, describe_ids, map_ids, unknown_ids
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,26 @@ class SegmentationDataset(Dataset):
     def valid_raw_ids(self, path: Path) -> Sequence[int]:
         return self.raw_ids
 
+    def label_kind(self, path: Path) -> str:
+        """What the values of the label file are, for messages."""
+        return "label ids"
+
+    def check_label_values(self, path: Path, raw: np.ndarray) -> None:
+        """DatasetError naming `path` when `raw` holds a value that is no label id of its format."""
+        valid = self.valid_raw_ids(path)
+        bad = unknown_ids(raw, valid)
+        if bad:
+            raise DatasetError(
+                f"{path}: unexpected label value(s) {bad[:10]} for {self.dataset_name} "
+                f"{self.label_kind(path)} (valid: {describe_ids(valid)}); is this a label map of "
+                "this dataset? Replace or remove the file (`uda data check` lists every such file)")
+
     def load_label(self, path: Path) -> np.ndarray:
-        """Label file -> HxW uint8 trainIds (255 = ignore), at the file's native size."""
-        return map_ids(self.read_raw_label(path), self.lut_for(path))
+        """Label file -> HxW uint8 trainIds (255 = ignore), at the file's native size; its values
+        are checked (`check_label_values`)."""
+        raw = self.read_raw_label(path)
+        self.check_label_values(path, raw)
+        return map_ids(raw, self.lut_for(path))
 
     def inventory(self) -> tuple[list[Sample], list[str]]:
         """Every sample found on disk, including labels without an image (image=None), plus
@@ -128,6 +151,7 @@ class SegmentationDataset(Dataset):
             return image, None
         mask = self.load_label(s.label)
         if mask.shape != image.shape[:2]:
+            warnings.warn(size_mismatch(s.label, mask.shape, image.shape), stacklevel=2)
             mask = np.asarray(Image.fromarray(mask).resize(
                 (image.shape[1], image.shape[0]), Image.NEAREST))
         return image, mask
@@ -145,6 +169,12 @@ class SegmentationDataset(Dataset):
         if mask_t is not None:
             item["mask"] = mask_t
         return item
+
+
+def size_mismatch(label: Path, label_hw: tuple, image_hw: tuple) -> str:
+    """The message for a label whose size differs from its image's (the documented policy)."""
+    return (f"{label}: label size {label_hw[1]}x{label_hw[0]} differs from image size "
+            f"{image_hw[1]}x{image_hw[0]}; resized (nearest) when loaded")
 
 
 def check_mask_values(mask: np.ndarray) -> None:

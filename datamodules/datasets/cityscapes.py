@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.datasets.base import Sample, SegmentationDataset
-from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
+from datamodules.labels import (CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_RAW_IDS, IGNORE_INDEX,
+                                NUM_CLASSES, TRAIN_IDS)
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 _GT_RE = re.compile(r"^(?P<key>.+?)_gtFine_(?P<kind>labelIds|labelTrainIds|instanceIds|color|polygons)\.(png|json)$")
@@ -25,7 +26,7 @@ _TRAINID_LUT[:NUM_CLASSES] = np.arange(NUM_CLASSES)
 class CityscapesDataset(SegmentationDataset):
     dataset_name = "cityscapes"
     id_lut = CITYSCAPES_ID_TO_TRAINID
-    raw_ids = tuple(range(34)) + (255,)  # 255: 'license plate' (id -1) as stored in uint8
+    raw_ids = CITYSCAPES_RAW_IDS
 
     def layout_hint(self) -> str:
         return (f"expected <root>/leftImg8bit/{self.split}/<city>/*{IMAGE_SUFFIX} and "
@@ -73,6 +74,7 @@ class CityscapesDataset(SegmentationDataset):
         return _TRAINID_LUT if path.name.endswith("_labelTrainIds.png") else self.id_lut
 
     def valid_raw_ids(self, path: Path):
-        if path.name.endswith("_labelTrainIds.png"):
-            return tuple(range(NUM_CLASSES)) + (IGNORE_INDEX,)
-        return self.raw_ids
+        return TRAIN_IDS if path.name.endswith("_labelTrainIds.png") else self.raw_ids
+
+    def label_kind(self, path: Path) -> str:
+        return "labelTrainIds" if path.name.endswith("_labelTrainIds.png") else "labelIds"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.datasets.base import Sample, SegmentationDataset, two_folder_inventory
-from datamodules.labels import CITYSCAPES_ID_TO_TRAINID
+from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_RAW_IDS
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 
@@ -17,7 +17,7 @@ _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 class GTA5Dataset(SegmentationDataset):
     dataset_name = "gta5"
     id_lut = CITYSCAPES_ID_TO_TRAINID
-    raw_ids = tuple(range(34)) + (255,)
+    raw_ids = CITYSCAPES_RAW_IDS  # palette indices are Cityscapes label ids
 
     def __init__(self, root, split="train", transform=None, labelled=True, list_file=None):
         if list_file is None and (Path(root) / f"{split}.txt").is_file():

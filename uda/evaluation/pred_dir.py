@@ -12,7 +12,10 @@ its slowness:
   files, every missing, extra (no matching GT), ambiguous (several files for one GT) or mis-sized /
   multi-channel prediction is collected and reported in ONE `DatasetError` listing all of them.
 * `fmt="labelIds"`: prediction values are Cityscapes label ids. Ids without a trainId (0 unlabeled,
-  4 static, 9 parking, ..., and anything >= 34, e.g. 255) are "non-evaluated" predictions.
+  4 static, 9 parking, ..., 255 = license plate as stored in uint8) are "non-evaluated"
+  predictions. A value that is no label id (34..254, or above 255 in a 16-bit file) belongs to no
+  class: an error naming the file and the values, in predictions and ground truth alike (the
+  official script rejects such GT ids and crashes on such predictions).
   `fmt="trainIds"`: values 0..18 are classes, 255 is a non-evaluated prediction, anything else is
   an error (it usually means labelIds were passed as trainIds).
 
@@ -56,7 +59,8 @@ except ImportError:  # pragma: no cover - opencv is a project dependency, torch 
     cv2 = None
 
 from datamodules.io import DatasetError
-from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from datamodules.labels import (CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_RAW_IDS, CLASS_NAMES,
+                                IGNORE_INDEX, NUM_CLASSES, describe_ids, unknown_ids)
 from uda.metrics.report import results_dict
 
 GT_SUFFIX = "_gtFine_labelIds.png"
@@ -166,8 +170,9 @@ def check_pairs(pairs: list[tuple[Path, Path]]) -> None:
 # Per-pair histogram and folding into the confusion matrix
 # ----------------------------------------------------------------------------------------------
 
-def _decode(path: Path) -> np.ndarray:
-    """HxW uint8 ids; values outside 0..255 (16-bit files) become 255 (never a valid class)."""
+def _decode(path: Path, out_of_range: list[tuple[Path, list[int]]]) -> np.ndarray:
+    """HxW uint8 ids. Values outside 0..255 (16-bit files), never an id or trainId, become 255
+    and are listed in `out_of_range` with the file."""
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
@@ -176,14 +181,20 @@ def _decode(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise DatasetError(f"{path}: expected a single-channel label map, got shape {arr.shape}")
     if arr.dtype != np.uint8:
-        arr = np.where((arr < 0) | (arr > 255), 255, arr).astype(np.uint8)
+        outside = (arr < 0) | (arr > 255)
+        if outside.any():
+            out_of_range.append((path, np.unique(arr[outside])[:10].tolist()))
+        arr = np.where(outside, 255, arr).astype(np.uint8)
     return arr
 
 
-def pair_histogram(gt_path: Path, pred_path: Path) -> np.ndarray:
-    """(256, 256) int64 counts of (raw GT id, raw prediction id) over all pixels of one pair."""
-    gt = _decode(gt_path)
-    pred = _decode(pred_path)
+def pair_histogram(gt_path: Path, pred_path: Path,
+                   out_of_range: list[tuple[Path, list[int]]] | None = None) -> np.ndarray:
+    """(256, 256) int64 counts of (raw GT id, raw prediction id) over all pixels of one pair;
+    values outside 0..255 are counted as 255 and listed in `out_of_range`."""
+    out_of_range = [] if out_of_range is None else out_of_range
+    gt = _decode(gt_path, out_of_range)
+    pred = _decode(pred_path, out_of_range)
     if gt.shape != pred.shape:
         raise DatasetError(f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} differs from ground "
                            f"truth {gt_path} ({gt.shape[1]}x{gt.shape[0]})")
@@ -227,6 +238,36 @@ def _invalid_train_ids(hist: np.ndarray) -> list[int]:
     return [int(v) for v in used if NUM_CLASSES <= v < IGNORE_INDEX]
 
 
+def _classless_ids(hist: np.ndarray, gt_path: Path, pred_path: Path, fmt: str) -> list[str]:
+    """Files of one pair holding values that are no Cityscapes label id: the GT (always labelIds)
+    and, in labelIds format, the prediction."""
+    found = []
+    gt_bad = unknown_ids(np.flatnonzero(hist.sum(1)), CITYSCAPES_RAW_IDS)
+    if gt_bad:
+        found.append(f"{gt_path}: values {gt_bad[:10]}")
+    pred_bad = unknown_ids(np.flatnonzero(hist.sum(0)), CITYSCAPES_RAW_IDS)
+    if fmt == "labelIds" and pred_bad:
+        found.append(f"{pred_path}: values {pred_bad[:10]}")
+    return found
+
+
+def _raise_bad_values(fmt: str, invalid: list[str], classless: list[str]) -> None:
+    """One DatasetError listing every file with values outside its format."""
+    parts = []
+    if classless:
+        which = "ground truth and labelIds predictions" if fmt == "labelIds" else "ground truth"
+        parts.append(f"{which} may hold only Cityscapes label ids "
+                     f"{describe_ids(CITYSCAPES_RAW_IDS)}; these files hold values that belong to "
+                     "no class (a label map of another dataset? a colour or instance map?):\n"
+                     + _listing("files with other values", sorted(classless)))
+    if invalid:
+        parts.append(f"fmt='trainIds' predictions must contain only 0..{NUM_CLASSES - 1} and "
+                     f"{IGNORE_INDEX} (non-evaluated); were labelIds passed as trainIds?\n"
+                     + _listing("predictions with other values", sorted(invalid)))
+    if parts:
+        raise DatasetError("\n".join(parts))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
@@ -263,27 +304,32 @@ def evaluate_pred_dir(pred_dir: str | os.PathLike, gt_root: str | os.PathLike, s
     workers = num_workers or _default_workers()
     hist = np.zeros((256, 256), dtype=np.int64)
     invalid: list[str] = []
+    classless: list[str] = []
+    out_of_range: list[tuple[Path, list[int]]] = []
 
-    def consume(pair_hist: np.ndarray, pred_path: Path) -> None:
+    def consume(pair_hist: np.ndarray, gt_path: Path, pred_path: Path) -> None:
         nonlocal hist
         hist += pair_hist
+        classless.extend(_classless_ids(pair_hist, gt_path, pred_path, fmt))
         if fmt == "trainIds":
             bad = _invalid_train_ids(pair_hist)
             if bad:
                 invalid.append(f"{pred_path}: values {bad}")
 
+    def histogram(pair):
+        return pair_histogram(*pair, out_of_range=out_of_range)  # (list.append: thread-safe)
+
     if workers == 1 or len(pairs) == 1:
         for gt, pred in pairs:
-            consume(pair_histogram(gt, pred), pred)
+            consume(histogram((gt, pred)), gt, pred)
     else:
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            for (gt, pred), h in zip(pairs, ex.map(lambda p: pair_histogram(*p), pairs)):
-                consume(h, pred)
-    if invalid:
-        raise DatasetError(
-            f"fmt='trainIds' predictions must contain only 0..{NUM_CLASSES - 1} and "
-            f"{IGNORE_INDEX} (non-evaluated); were labelIds passed as trainIds?\n"
-            + _listing("predictions with other values", invalid))
+            for (gt, pred), h in zip(pairs, ex.map(histogram, pairs)):
+                consume(h, gt, pred)
+    gt_set = set(gt_files.values())
+    for path, values in out_of_range:
+        (classless if path in gt_set or fmt == "labelIds" else invalid).append(f"{path}: values {values}")
+    _raise_bad_values(fmt, invalid, classless)
     return results_from_cm20(fold_histogram(hist, fmt), num_images=len(pairs), fmt=fmt, split=split)
 
 

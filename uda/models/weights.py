@@ -1,6 +1,10 @@
 """Loading pretrained weights from local files into segmenters, by name and shape.
 
 Nothing is downloaded here; files are read with `torch.load(weights_only=True)`.
+A checkpoint of a uda run (it holds a "uda" entry) is accepted as a warm start only when it fits:
+every backbone tensor (every tensor, for a segmenter without a `backbone`) is loaded; heads may
+differ. Anything else is a `WeightsError` that names `uda train --resume` and `uda evaluate
+--checkpoint`, what such a file is usually meant for.
 """
 from __future__ import annotations
 
@@ -34,27 +38,38 @@ class LoadReport:
         return self.loaded
 
 
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not fit; the message names the file."""
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file with ``torch.load(weights_only=True)`` (no code in the
     file is executed). Accepts a bare state dict or a dict holding one under ``"state_dict"`` or
-    ``"model"`` (Lightning / training checkpoints). Raises FileNotFoundError / ValueError naming
+    ``"model"`` (Lightning / training checkpoints). Raises FileNotFoundError / WeightsError naming
     the file."""
+    return _state_dict(_read(path), path)
+
+
+def _read(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {p}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors, truncated files, non-torch files
-        raise ValueError(f"cannot read pretrained weights file {p} with torch.load(weights_only="
-                         f"True): {type(e).__name__}: {e}") from e
+        raise WeightsError(f"cannot read pretrained weights file {p} with torch.load(weights_only="
+                           f"True): {type(e).__name__}: {e}") from e
+
+
+def _state_dict(obj, p: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"pretrained weights file {p} does not contain a state dict "
-                         f"(got {type(obj).__name__})")
+        raise WeightsError(f"pretrained weights file {p} does not contain a state dict "
+                           f"(got {type(obj).__name__})")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
@@ -79,10 +94,12 @@ def load_matching_weights(module: nn.Module, path: str | Path,
     Each file key has its wrapper prefixes stripped, is dropped when ``ignore(key)`` is true, and
     ``candidates(key)`` lists the module names it may stand for (first existing name wins).
     A name that matches with a different shape is skipped and listed in the report.
-    Raises FileNotFoundError (missing file) or ValueError (unreadable, or nothing matched), both
-    naming the file. Logs and returns a `LoadReport`.
+    Raises FileNotFoundError (missing file) or WeightsError (unreadable, nothing matched, or a
+    uda run checkpoint that does not fit: see the module docstring), naming the file. Logs and
+    returns a `LoadReport`.
     """
-    src = read_state_dict(path)
+    obj = _read(path)
+    src = _state_dict(obj, path)
     own = module.state_dict(keep_vars=True)
     report = LoadReport(path=str(path))
     done: set[str] = set()
@@ -106,14 +123,34 @@ def load_matching_weights(module: nn.Module, path: str | Path,
             else:
                 report.heads += 1
     report.missing = len(own) - len(done)
-    if report.loaded == 0:
+    if isinstance(obj, dict) and "uda" in obj:
+        _check_run_checkpoint(module, path, obj, done, backbone_prefix)
+    if report.loaded == sum(n.endswith("num_batches_tracked") for n in done):  # nothing real
         extra = (f"; {len(report.shape_mismatch)} names matched with other shapes, e.g. "
                  f"{report.shape_mismatch[:3]}") if report.shape_mismatch else ""
-        raise ValueError(f"no tensor of pretrained weights file {path} matches "
-                         f"{type(module).__name__} ({len(src)} tensors in the file, e.g. "
-                         f"{list(src)[:3]}){extra}")
+        raise WeightsError(f"no tensor of pretrained weights file {path} matches "
+                           f"{type(module).__name__} ({len(src)} tensors in the file, e.g. "
+                           f"{list(src)[:3]}){extra}")
     log.info("loaded %d tensors from %s into %s (backbone %d, heads %d); %d unused in the file, "
              "%d shape mismatches, %d module tensors left as initialised", report.loaded, path,
              type(module).__name__, report.backbone, report.heads, report.unused,
              len(report.shape_mismatch), report.missing)
     return report
+
+
+def _check_run_checkpoint(module: nn.Module, path, ckpt: dict, done: set[str],
+                          backbone_prefix: str) -> None:
+    """A uda run checkpoint must fill every backbone tensor (every tensor without a backbone)."""
+    own = module.state_dict()
+    has_backbone = any(n.startswith(backbone_prefix) for n in own)
+    misfit = [n for n in own if n not in done and (n.startswith(backbone_prefix) or not has_backbone)]
+    if not misfit:
+        return
+    info = ckpt["uda"]
+    step = info.get("step", "?") if isinstance(info, dict) else "?"
+    raise WeightsError(
+        f"{path} is a checkpoint of a uda run (iteration {step}) whose segmenter does not fit "
+        f"this {type(module).__name__}: {len(misfit)} of its tensors are missing from the file or "
+        f"shaped differently (e.g. {misfit[:3]}). Set model.pretrained to backbone weights (e.g. "
+        f"ImageNet) or to a run checkpoint of the same model; to continue that run use `uda "
+        f"train --resume {path}`, to score it `uda evaluate --checkpoint {path}`")
