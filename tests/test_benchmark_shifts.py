@@ -167,7 +167,7 @@ def test_refusals_happen_before_training(fake, tmp_path):
     for bad in ([], [0, 0], [-1], [1.0]):
         with pytest.raises(ConfigError, match="--shifts"):
             benchmark_toy(1, ["source_only"], str(data), str(tmp_path / "out"), shifts=bad)
-    with pytest.raises(FileNotFoundError, match="no_such_method"):
+    with pytest.raises(ConfigError, match="no_such_method"):
         benchmark_toy(1, ["source_only", "no_such_method"], str(data), str(tmp_path / "out"),
                       shifts=[0])
     assert fake["train"] == [] and fake["make_toy"] == []

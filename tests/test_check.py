@@ -96,8 +96,12 @@ def test_check_label_values_and_missing_root(tmp_path, capsys):
     rc = main(["data", "check", "--dataset", "gta5", "--root", str(root), "--split", "train"])
     out = capsys.readouterr().out
     assert rc != 0 and "unexpected label value(s) [200]" in out
+    assert rc == 1  # a finding of the check, not a usage error
     rc = main(["data", "check", "--dataset", "gta5", "--root", str(tmp_path / "x"), "--split", "a"])
-    assert rc != 0 and "dataset root not found" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""  # a usage error: one line, no empty report
+    assert captured.err == (f"uda: error: --root {tmp_path / 'x'}: no such folder; give the gta5 "
+                            "root (the folder holding its official layout)\n")
 
 
 def test_check_gta5_size_mismatch_is_a_warning(tmp_path, capsys):

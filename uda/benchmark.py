@@ -115,7 +115,10 @@ def format_shift_report(per_shift: dict, summary: dict, class_iou: str | None = 
 def _config(method: str, config_dir) -> Path:
     config = Path(config_dir) / f"{method}.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"{config}: no toy config for method '{method}'")
+        from uda.config import ConfigError
+        known = ", ".join(sorted(p.stem for p in Path(config_dir).glob("*.yaml") if p.stem != "base"))
+        raise ConfigError(f"--methods: no toy config for method '{method}' ({config} not found); "
+                          f"methods in {config_dir}: {known or 'none'}")
     return config
 
 
@@ -194,6 +197,8 @@ def benchmark_toy(seeds: int = 3, methods=METHODS, data: str = "data/toy",
     from datamodules.toy import make_toy
     from uda.train import train
     data_dir, out_dir = Path(data), Path(out)
+    for method in methods:  # fail before any training, not after hours of it
+        _config(method, config_dir)
     if shifts is not None:
         return _benchmark_shifts(_check_shifts(shifts), seeds, methods, data_dir, out_dir, overrides,
                                  config_dir, class_iou, make_toy, train,
@@ -213,8 +218,6 @@ def benchmark_toy(seeds: int = 3, methods=METHODS, data: str = "data/toy",
 
 def _benchmark_shifts(shifts, seeds, methods, data_dir, out_dir, overrides, config_dir, class_iou,
                       make_toy, train, toy) -> dict:
-    for method in methods:  # fail before any training, not after hours of it
-        _config(method, config_dir)
     per_shift: dict = {}
     for k in shifts:
         root = _shift_data(data_dir, k, make_toy, **toy)

@@ -112,6 +112,10 @@ def _cmd_check(args) -> int:
     from datamodules.check import check_dataset, format_report
     from uda.io import write_json_atomic
     _check_outputs(files=[("--output", args.output)])
+    if not Path(args.root).is_dir():
+        from uda.config import ConfigError
+        raise ConfigError(f"--root {args.root}: no such folder; give the {args.dataset} root "
+                          "(the folder holding its official layout)")
     result = check_dataset(args.dataset, args.root, args.split, workers=args.workers)
     print(format_report(result))
     if args.output:

@@ -443,6 +443,7 @@ _CHOICES = {
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
+    "trainer.strategy": ("auto", "ddp", "ddp_fork", "ddp_spawn"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
 }
 

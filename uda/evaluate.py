@@ -111,7 +111,12 @@ def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=Non
     written = []
     files = expand_inputs(inputs)
     for f in tqdm(files, desc="predict", unit="img"):
-        image = read_rgb(f)
+        try:
+            image = read_rgb(f)
+        except DatasetError as e:  # say what the run wrote before the bad file
+            done = f"{len(written)} prediction(s) written before it ({', '.join(map(str, written[:3]))}" \
+                   f"{', ...' if len(written) > 3 else ''})" if written else "nothing written"
+            raise DatasetError(f"{e}; {done}") from None
         x, _ = transform(image, None)
         with torch.no_grad():
             pred = predict_labels(module.segmenter, x[None], image.shape[:2],
