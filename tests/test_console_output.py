@@ -111,9 +111,14 @@ def test_only_the_named_library_messages_are_filtered():
                       "and `LightningDataModule`.", UserWarning)
         warnings.warn("W&B logger unavailable", RuntimeWarning)
         warnings.warn("something else is deprecated", FutureWarning)
+        for key in ("val/mIoU", "val_iou/car", "val_translation/fcn_score", "train/loss_seg"):
+            warnings.warn(f"It is recommended to use `self.log('{key}', ..., sync_dist=True)` "
+                          "when logging on epoch level in distributed setting", UserWarning)
     assert [str(w.message) for w in seen] == [
         "You have overridden `on_after_batch_transfer` in both `LightningModule` and "
-        "`LightningDataModule`.", "W&B logger unavailable", "something else is deprecated"]
+        "`LightningDataModule`.", "W&B logger unavailable", "something else is deprecated",
+        "It is recommended to use `self.log('train/loss_seg', ..., sync_dist=True)` when "
+        "logging on epoch level in distributed setting"]
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     kept: list[str] = []
     handler = logging.Handler()

@@ -271,8 +271,9 @@ def test_a_failed_start_removes_only_what_it_created(toy_root, tmp_path, broken_
 
 
 def test_multi_process_run_prints_the_global_batch(toy_root, tmp_path, monkeypatch, capsys):
-    """trainer.devices=3 on CPU: one line on the global batch (the fit itself is cut short by
-    the test, which also shows that a crash before any checkpoint leaves no stub folder)."""
+    """trainer.devices=3 on CPU: the start summary gives the global batch (the fit itself is cut
+    short by the test, which also shows that a crash before any checkpoint leaves no stub
+    folder)."""
     original = uda.build.build_trainer
 
     def no_fit(*a, **k):
@@ -287,16 +288,16 @@ def test_multi_process_run_prints_the_global_batch(toy_root, tmp_path, monkeypat
         main(train_args(toy_root, run, "trainer.devices=3", "trainer.accelerator=cpu"))
     out = capsys.readouterr().out
     assert out.count("global batch") == 1
-    assert "uda: 3 processes x batch 2 = global batch 6 per domain (data.batch_size is per " \
-           "process)" in out
+    assert "batch 2 per process x 3 processes = global batch 6 per domain" in out
     assert not run.exists()
 
 
-def test_one_process_prints_no_global_batch_line(toy_root, tmp_path):
+def test_one_process_prints_no_global_batch(toy_root, tmp_path):
     from conftest import shrunk_config
-    from uda.train import global_batch_note
+    from uda.run_summary import start_summary
     cfg = shrunk_config(toy_root, tmp_path, "source_only")
-    assert global_batch_note(uda.build.build_trainer(cfg, tmp_path, []), 2) is None
-    cfg = shrunk_config(toy_root, tmp_path, "source_only", "trainer.devices=2")
-    assert global_batch_note(uda.build.build_trainer(cfg, tmp_path, []), 4) == (
-        "uda: 2 processes x batch 4 = global batch 8 per domain (data.batch_size is per process)")
+    dm = uda.build.build_datamodule(cfg)
+    dm.setup("fit")
+    text = start_summary(cfg, tmp_path, dm, uda.build.build_trainer(cfg, tmp_path, []))
+    assert "global batch" not in text and ", batch 2; " in text
+

@@ -23,7 +23,7 @@ from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import build_transform, transform_from_config
 from uda import logging_setup, panels
-from uda.callbacks import IoUTable, IterationProgressBar, SyncBuffers
+from uda.callbacks import IoUTable, IterationProgressBar, QuietLibraries, SyncBuffers
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import WeightsError, load_matching_weights
@@ -303,6 +303,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
                                                     reference=cfg.eval.translation_reference)]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
+    callbacks = [QuietLibraries(), *callbacks]
     return pl.Trainer(
         max_steps=t.max_steps * optimizer_steps_per_iteration, max_epochs=-1,
         devices=t.devices, accelerator=t.accelerator, strategy=build_strategy(cfg),

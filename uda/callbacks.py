@@ -30,6 +30,15 @@ class SyncBuffers(pl.Callback):
         self._sync(trainer, pl_module)
 
 
+class QuietLibraries(pl.Callback):
+    """Installs uda.console's filters of library noise in every process: ranks started with
+    ddp_spawn (or re-executed by Lightning's ddp launcher) do not inherit the CLI's filters."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from uda.console import quiet_library_noise
+        quiet_library_noise()
+
+
 class WriteOnTrainStart(pl.Callback):
     """Write `text` to `path` atomically when training starts, i.e. after a resumed checkpoint
     has been loaded: a resume that fails leaves the previous file as it was. Rank 0 writes."""

@@ -43,6 +43,11 @@ NOISE_WARNINGS = (
     # (frozen BatchNorm with model.freeze_bn, DRANet's perceptual network). SegmentationModule
     # warns instead, naming only modules that its train() would switch to training.
     (r"Found \d+ module\(s\) in eval mode at the start of training\.", UserWarning),
+    # With several processes, one per logged key at each validation: "use sync_dist=True". Our
+    # validation metrics are computed once, on rank 0, from the confusion matrix summed over all
+    # ranks (or, for val_translation/, from rank 0's own translations) and logged with
+    # rank_zero_only=True: there is nothing to synchronise, and a collective there would hang.
+    (r"It is recommended to use `self\.log\('val(_iou|_translation)?/", UserWarning),
 )
 
 

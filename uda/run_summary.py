@@ -63,8 +63,8 @@ def start_summary(cfg: Config, run_dir: Path, datamodule, trainer) -> str:
               f"{len(datamodule.target_train)} images, unlabelled; {d.target_val_split}: "
               f"{len(datamodule.target_val)} images)")
     world = processes(trainer)
-    batch = f"batch {d.batch_size}" + (f" x {world} processes = {d.batch_size * world}"
-                                       if world > 1 else "")
+    batch = f"batch {d.batch_size}" + (f" per process x {world} processes = global batch "
+                                       f"{d.batch_size * world} per domain" if world > 1 else "")
     val = f"validation every {t.val_every}" if 0 < t.val_every < t.max_steps else \
         "validation at the end"
     return "\n".join([

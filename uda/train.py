@@ -158,15 +158,6 @@ def worker_error(e: BaseException) -> BaseException:
     return raised_in_rank(e, (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError))
 
 
-def global_batch_note(trainer: pl.Trainer, batch_size: int) -> str | None:
-    """One line on the global batch when several processes train (each has its own batch)."""
-    n = trainer.world_size
-    if n <= 1:
-        return None
-    return (f"uda: {n} processes x batch {batch_size} = global batch {n * batch_size} per domain "
-            "(data.batch_size is per process)")
-
-
 def _fit(cfg: Config, run_dir: Path, config_yaml: str, ckpt_path, start: int, saved) -> dict:
     """Build data, model and trainer, fit, evaluate the final weights; the results (or
     {"interrupted": True, "step"} when stopped by a signal)."""
@@ -192,9 +183,6 @@ def _fit(cfg: Config, run_dir: Path, config_yaml: str, ckpt_path, start: int, sa
                                   module.optimizer_steps_per_iteration)
     if rank_zero_only.rank == 0:
         print(start_summary(cfg, run_dir, datamodule, trainer), flush=True)
-    note = global_batch_note(trainer, cfg.data.batch_size)
-    if note and rank_zero_only.rank == 0:
-        print(note, flush=True)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
     try:

@@ -359,6 +359,7 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 64, num_layers: int = 3,
                  spectral_norm: bool = True):
         super().__init__()
+        self.init_args = (in_channels, width, num_layers, spectral_norm)
 
         def conv(cin: int, cout: int, stride: int) -> nn.Module:
             c = nn.Conv2d(cin, cout, 4, stride, 1)
@@ -381,6 +382,18 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def __reduce__(self):
+        """Pickled as (constructor arguments, state dict, mode): torch refuses to pickle the
+        spectrally normalised convs themselves, and ddp_spawn sends the model to its processes
+        by pickling."""
+        return _rebuild_patch_discriminator, (self.init_args, self.state_dict(), self.training)
+
+
+def _rebuild_patch_discriminator(init_args, state, training: bool) -> PatchDiscriminator:
+    d = PatchDiscriminator(*init_args)
+    d.load_state_dict(state)
+    return d.train(training)
 
 
 def cadt_attention(content_src: torch.Tensor, content_tgt: torch.Tensor,
