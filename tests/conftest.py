@@ -24,6 +24,21 @@ def shrunk_config(toy_root, tmp_path, method: str, *extra: str):
         "trainer.accelerator=cpu", *extra])
 
 
+def kill_at(iteration: int, sig: int | None = None):
+    """A Lightning callback that sends this process a real signal (default SIGTERM) at the end
+    of training iteration `iteration` (imports Lightning only when called)."""
+    import signal
+
+    import pytorch_lightning as pl
+
+    class KillAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if pl_module.iteration == iteration:
+                os.kill(os.getpid(), sig or signal.SIGTERM)
+
+    return KillAt()
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (process-group rendezvous in multi-process tests)."""
     with socket.socket() as s:

@@ -4,11 +4,10 @@ import os
 import signal
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import uda.build
-from conftest import REPO
+from conftest import REPO, kill_at
 from uda.cli import main
 from uda.config import ConfigError, load_config
 from uda.train import train
@@ -18,17 +17,6 @@ SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop
           "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
           "trainer.progress_bar=false", "trainer.deterministic=true", "trainer.max_steps=6",
           "trainer.val_every=2"]
-
-
-class KillAt(pl.Callback):
-    """Sends this process a real SIGTERM at the end of iteration `n`."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.iteration == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 DEBIAS = ["data.debias.lff.enabled=true", "data.debias.dacs.enabled=true",
@@ -53,7 +41,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(toy_root, tmp_path, method
 
     original = uda.build.build_trainer
     monkeypatch.setattr(uda.build, "build_trainer",
-                        lambda *a, **k: _with(original(*a, **k), KillAt(3)))
+                        lambda *a, **k: _with(original(*a, **k), kill_at(3)))
     part = train(cfg_for(method, toy_root, tmp_path / "b"))
     assert part == {"interrupted": True, "step": 3}
     ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)

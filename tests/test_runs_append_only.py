@@ -13,11 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import uda.build
-from conftest import REPO
+from conftest import REPO, kill_at
 from uda.checkpointing import AtomicCheckpoint, recorded_best
 from uda.cli import main
 from uda.io import write_text_atomic
@@ -180,21 +179,12 @@ def test_failed_writes_leave_no_temp_file(tmp_path, monkeypatch):
     assert target.read_text() == "old\n"
 
 
-class SigtermAt(pl.Callback):
-    def __init__(self, n):
-        self.n = n
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.iteration == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_sigterm_exits_interrupted_without_validating(toy_root, tmp_path, monkeypatch, capsys):
     original = uda.build.build_trainer
 
     def with_sigterm(*a, **k):
         trainer = original(*a, **k)
-        trainer.callbacks.insert(0, SigtermAt(2))
+        trainer.callbacks.insert(0, kill_at(2))
         return trainer
 
     monkeypatch.setattr(uda.build, "build_trainer", with_sigterm)
