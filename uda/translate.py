@@ -65,7 +65,8 @@ def source_dataset(cfg: Config, root, labelled: bool = False):
     """The source split under `root` at native size, normalised as the run's source images."""
     t = cfg.data.source_transform
     return DATASETS[cfg.data.source.dataset](root, cfg.data.source.split, labelled=labelled,
-                                             transform=build_transform(mean=t.mean, std=t.std))
+                                             transform=build_transform(mean=t.mean, std=t.std,
+                                                                       channel_order=t.channel_order))
 
 
 @torch.no_grad()
