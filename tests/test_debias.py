@@ -203,7 +203,10 @@ def test_ema_update_by_hand():
     # 0.9 * [1, 2] + 0.1 * [3, -2] = [1.2, 1.6]; bias 0.9 * 0 + 0.1 * 1 = 0.1
     assert torch.allclose(t[0].weight, torch.tensor([[1.2, 1.6]]))
     assert torch.allclose(t[0].bias, torch.tensor([0.1]))
-    assert t[1].running_mean.item() == 7.0 and t[1].num_batches_tracked.item() == 4
+    # buffers are the teacher's own (DACS / DAFormer: EMA over parameters only)
+    assert t[1].running_mean.item() == 0.0 and t[1].num_batches_tracked.item() == 0
+    with pytest.raises(ValueError, match="different parameters"):
+        ema_update_(nn.Linear(2, 1), nn.Linear(3, 1), alpha=0.9)
     assert torch.equal(s[0].weight, torch.tensor([[3.0, -2.0]]))  # student untouched
 
 

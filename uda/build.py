@@ -81,7 +81,7 @@ def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
     if d.classmix.enabled:
         mixers.append(ClassMix(d.classmix.p))
     if d.dacs.enabled:
-        mixers.append(DACS(d.dacs.threshold))
+        mixers.append(DACS(d.dacs.threshold, per_image=d.dacs.pseudo_weight == "image"))
     if d.mixup.enabled:
         mixers.append(Mixup(d.mixup.p, d.mixup.alpha))
     if d.selecmix.enabled:
@@ -99,7 +99,17 @@ def build_segmenter(cfg: Config) -> nn.Module:
         if not hasattr(net, "freeze_bn"):
             raise ValueError(f"model.freeze_bn is not supported by model.name={cfg.model.name!r}")
         net.freeze_bn()
+    if cfg.model.freeze_bn_affine:
+        freeze_bn_affine(net)
     return net
+
+
+def freeze_bn_affine(net: nn.Module) -> None:
+    """Every BatchNorm's weight and bias out of training (requires_grad False: no optimizer
+    group takes them); the layers keep their mode, so training ones use batch statistics."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.requires_grad_(False)
 
 
 def _segmenter(m, n: int) -> nn.Module:
@@ -151,11 +161,13 @@ def build_module(cfg: Config) -> SegmentationModule:
 def _build_module(cfg: Config) -> SegmentationModule:
     o = cfg.method.optim
     common = dict(max_steps=cfg.trainer.max_steps,
-                  optim=OptimSettings(o.name, o.lr, o.momentum, o.weight_decay, o.poly_power),
+                  optim=OptimSettings(o.name, o.lr, o.momentum, o.weight_decay, o.poly_power,
+                                      o.poly_horizon),
                   class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
                   channels_last=cfg.trainer.channels_last,
                   image_mean=tuple(cfg.data.source_transform.mean),
-                  image_std=tuple(cfg.data.source_transform.std))
+                  image_std=tuple(cfg.data.source_transform.std),
+                  image_bgr=cfg.data.source_transform.channel_order == "bgr")
     if cfg.method.name in ("source_only", "oracle"):
         return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
     if cfg.method.name == "adversarial":
@@ -293,10 +305,11 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
     t = cfg.trainer
     logger = build_logger(cfg, run_dir)
     if logger:
-        mean, std = cfg.data.eval_transform.mean, cfg.data.eval_transform.std
+        e = cfg.data.eval_transform
         callbacks = [*callbacks, IoUTable(),
                      panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
-                                        mean=tuple(mean), std=tuple(std))]
+                                        mean=tuple(e.mean), std=tuple(e.std),
+                                        bgr=e.channel_order == "bgr")]
     if cfg.method.name == "dranet" and cfg.eval.translation_images > 0:
         from uda.translation_callback import TranslationQuality
         callbacks = [*callbacks, TranslationQuality(cfg.eval.translation_images,

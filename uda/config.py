@@ -40,7 +40,11 @@ class TransformConfig:
     resize: fixed resize first (None keeps the native size); scale_range: random rescale factors
     [min, max] after resize (None = off); crop: random crop (padded with ignore where smaller);
     hflip: probability; jitter: colour-jitter strength (brightness/contrast/saturation; hue is
-    jitter/4), 0 = off; jitter_p: its probability."""
+    jitter/4), 0 = off; jitter_p: its probability.
+    Normalisation: (pixel / 255 - mean) / std per channel. channel_order: rgb | bgr, the order of
+    the channels the network receives (mean and std are listed in that order). The Caffe
+    convention of the DeepLabV2 UDA code is channel_order: bgr, mean: [104.00698793,
+    116.66876762, 122.67891434] / 255, std: [1/255] * 3 (0-255 pixels minus the BGR mean)."""
     resize: Optional[List[int]] = None
     scale_range: Optional[List[float]] = None
     crop: Optional[List[int]] = None
@@ -49,6 +53,7 @@ class TransformConfig:
     jitter_p: float = 0.5
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    channel_order: str = "rgb"
 
 
 @dataclass
@@ -78,11 +83,14 @@ class StyleSwapConfig:
 class DACSConfig:
     """DACS cross-domain ClassMix: half the classes of each source image pasted on a target image
     whose other pixels take the EMA teacher's pseudo-labels, weighted by the fraction of pixels
-    above `threshold` confidence; the loss term has weight `weight`. Teacher EMA decay `ema`."""
+    above `threshold` confidence; the loss term has weight `weight`. Teacher EMA decay `ema`.
+    pseudo_weight: image (that fraction per target image) | batch (one fraction over the whole
+    batch, as the official DACS and DAFormer code compute it)."""
     enabled: bool = False
     threshold: float = 0.968
     ema: float = 0.99
     weight: float = 1.0
+    pseudo_weight: str = "image"
 
 
 @dataclass
@@ -163,30 +171,38 @@ class ModelConfig:
     """Segmentation network. name in {small, deeplabv2 (ResNet-101 or -50: `backbone`),
     drn_c26}. width: base channel width (small only); pretrained: local weights file (a
     torchvision ResNet / DRN ImageNet state dict, or a segmenter checkpoint) or None = random
-    init; freeze_bn: keep the backbone's BatchNorm statistics fixed (batch 2 per GPU);
+    init; freeze_bn: keep the backbone's BatchNorm statistics and affine parameters fixed
+    (batch 2 per GPU); freeze_bn_affine: keep only the affine parameters (weight, bias) of every
+    BatchNorm fixed while it normalises with batch statistics (the official AdaptSegNet / ADVENT
+    / DACS DeepLabV2: BN in training mode, its parameters not trained);
     multi_level: DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level)."""
     name: str = "small"
     width: int = 32
     backbone: str = "resnet101"
     pretrained: Optional[str] = None
     freeze_bn: bool = False
+    freeze_bn_affine: bool = False
     multi_level: bool = False
 
 
 @dataclass
 class OptimConfig:
-    """SGD with poly decay (lr * (1 - it/max_steps)^power), the UDA standard."""
+    """SGD with poly decay (lr * (1 - it/horizon)^power), the UDA standard. poly_horizon: the
+    iteration at which the decay would reach 0; None = trainer.max_steps. The official
+    AdaptSegNet / ADVENT / DACS code decays over 250k iterations and stops AdaptSegNet at 150k,
+    ADVENT at 120k (poly_horizon: 250000 with trainer.max_steps: 150000 / 120000)."""
     name: str = "sgd"
     lr: float = 2.5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    poly_horizon: Optional[int] = None
 
 
 @dataclass
 class AdversarialConfig:
     """Output-space adversarial (AdaptSegNet/ADVENT). d_input: softmax | entropy (ADVENT's
-    self-information maps); gan_loss: vanilla | lsgan | hinge; multi_level adds a discriminator
+    self-information maps -p log(p) / log(C)); gan_loss: vanilla | lsgan | hinge; multi_level adds a discriminator
     on the segmenter's auxiliary (layer3) output (needs a network with an aux head)."""
     d_lr: float = 1e-4
     d_width: int = 64
@@ -440,6 +456,10 @@ _CHOICES = {
     "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
     "method.optim.name": ("sgd", "adam"),
     "data.debias.style_swap.donor": ("target", "source"),
+    "data.debias.dacs.pseudo_weight": ("image", "batch"),
+    "data.source_transform.channel_order": ("rgb", "bgr"),
+    "data.target_transform.channel_order": ("rgb", "bgr"),
+    "data.eval_transform.channel_order": ("rgb", "bgr"),
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
@@ -471,6 +491,11 @@ def _validate(cfg: DictConfig) -> None:
     if not cfg.method.optim.lr > 0:  # also NaN
         raise ConfigError(f"method.optim.lr must be > 0 (the task network's learning rate), "
                           f"got {cfg.method.optim.lr}")
+    horizon = cfg.method.optim.poly_horizon
+    if horizon is not None and horizon < cfg.trainer.max_steps:
+        raise ConfigError(f"method.optim.poly_horizon={horizon} is below trainer.max_steps="
+                          f"{cfg.trainer.max_steps}: the learning rate would be 0 for the last "
+                          f"iterations; set poly_horizon >= max_steps or null (= max_steps)")
     _validate_accelerator(cfg.trainer.accelerator)
     if cfg.method.name == "adversarial" and cfg.method.adversarial.multi_level \
             and not (cfg.model.name == "deeplabv2" and cfg.model.multi_level):
@@ -510,6 +535,11 @@ def _validate(cfg: DictConfig) -> None:
         if t.scale_range is not None and (len(t.scale_range) != 2
                                           or not 0 < t.scale_range[0] <= t.scale_range[1]):
             raise ConfigError(f"data.{name}.scale_range must be [min, max] with 0 < min <= max")
+    orders = {name: cfg.data[name].channel_order
+              for name in ("source_transform", "target_transform", "eval_transform")}
+    if len(set(orders.values())) > 1:
+        raise ConfigError("data.*_transform.channel_order must be the same for the three "
+                          f"transforms (one network reads them all), got {orders}")
 
 
 def _validate_accelerator(accelerator: str) -> None:

@@ -231,17 +231,16 @@ def pseudo_label(teacher_logits: torch.Tensor, threshold: float = 0.968,
 
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, alpha: float) -> nn.Module:
-    """Mean teacher, in place: p_t <- alpha * p_t + (1 - alpha) * p_s; buffers copied.
+    """Mean teacher, in place: p_t <- alpha * p_t + (1 - alpha) * p_s for every parameter
+    (trainable or not); buffers (BatchNorm running statistics) are left as they are, as in the
+    official DACS and DAFormer code, whose teacher normalises with batch statistics.
 
-    Both modules must have the same parameter and buffer names and shapes. DACS / DAFormer use
+    Both modules must have the same parameter names and shapes. DACS / DAFormer use
     alpha = min(1 - 1 / (step + 1), 0.99) to warm up. Returns `teacher`.
     """
     tp, sp = dict(teacher.named_parameters()), dict(student.named_parameters())
-    tb, sb = dict(teacher.named_buffers()), dict(student.named_buffers())
-    if tp.keys() != sp.keys() or tb.keys() != sb.keys():
-        raise ValueError("teacher and student have different parameters or buffers")
+    if tp.keys() != sp.keys() or any(p.shape != sp[n].shape for n, p in tp.items()):
+        raise ValueError("teacher and student have different parameters")
     for name, p in tp.items():
         p.mul_(alpha).add_(sp[name].detach().to(p.dtype), alpha=1 - alpha)
-    for name, b in tb.items():
-        b.copy_(sb[name])
     return teacher

@@ -114,18 +114,20 @@ class ClassMix:
 
 
 class DACS:
-    """Source classes pasted on target images labelled by the teacher -> batch["mixed"]."""
+    """Source classes pasted on target images labelled by the teacher -> batch["mixed"].
+    per_image: each target image's pseudo-labels weighted by its own confident fraction;
+    False: one fraction over the batch (the official DACS / DAFormer code)."""
     name, requires = "dacs", "teacher"
 
-    def __init__(self, threshold: float = 0.968):
-        self.threshold = threshold
+    def __init__(self, threshold: float = 0.968, per_image: bool = True):
+        self.threshold, self.per_image = threshold, per_image
 
     def __call__(self, batch, g, hooks):
         x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
         x_t = batch["target"]["image"]
         with torch.no_grad():
             logits = _need(hooks, self)(x_t)
-        y_t, w_t = pseudo_label(logits, self.threshold, per_image=True)
+        y_t, w_t = pseudo_label(logits, self.threshold, per_image=self.per_image)
         x, y, w = classmix(x_s, y_s, x_t, y_t, g, weight_tgt=w_t)
         return {**batch, "mixed": {"image": x, "mask": y, "weight": w}}
 

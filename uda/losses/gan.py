@@ -3,9 +3,14 @@
 kind: "hinge" (D: mean(relu(1 - real)) + mean(relu(1 + fake)); G: -mean(fake)),
 "lsgan" (D: mean((real - 1)^2) + mean(fake^2); G: mean((fake - 1)^2)),
 "vanilla" (binary cross-entropy with logits; G is the non-saturating -log sigmoid(fake)).
-The discriminator loss is the plain sum of its real and fake terms (no 1/2 factor; scale it with
-the loss weight). Logits of any shape (e.g. PatchGAN maps (B, 1, h, w)); real and fake may have
-different shapes. Computed in float32; returns a scalar.
+The discriminator loss is the plain sum of its real and fake terms; AdaptSegNet and ADVENT halve
+it (the output-space recipe, `uda.modules.adversarial`, does too). Under Adam a constant factor
+c on a loss is the same as dividing Adam's eps by c: Adam(c g, eps) = Adam(g, eps / c) exactly
+(tests/test_baseline_parity.py), so an unhalved loss trains like the halved one with eps 2e-8
+instead of 1e-8, which matters only for parameter components whose gradient is of order 1e-8
+(measured on the output discriminator: up to 5 % of a step on such components). Logits of any
+shape (e.g. PatchGAN maps (B, 1, h, w)); real and fake may have different shapes. Computed in
+float32; returns a scalar.
 """
 from __future__ import annotations
 

@@ -5,9 +5,13 @@ Per iteration (two optimizers: segmenter, discriminator(s)):
      D frozen (toggled off);
   2. discriminator step: D(source output) -> source, D(target output) -> target, on detached
      outputs computed in step 1 (no second forward).
-The discriminator sees softmax maps ("softmax", AdaptSegNet) or self-information maps
-("entropy", ADVENT). With `multi_level`, the segmenter's "aux_logits" get their own
-discriminator, an auxiliary CE weight and adversarial weight.
+The discriminator sees softmax maps ("softmax", AdaptSegNet) or ADVENT's normalised
+self-information maps -p log(p) / log(C) ("entropy", `uda.losses.entropy.self_information`).
+With `multi_level`, the segmenter's "aux_logits" get their own discriminator, an auxiliary CE
+weight and adversarial weight.
+D's loss is half the sum of its source and target terms, as in the official code (AdaptSegNet,
+ADVENT). One difference remains: D reads "source" as 1 (theirs: 0); for the BCE ("vanilla")
+loss that is the same game with D's output negated (D(x) here = -D_official(x)).
 """
 from __future__ import annotations
 
@@ -82,9 +86,10 @@ class OutputSpaceAdversarial(SegmentationModule):
         if not ok:
             return
 
-        # 2. discriminators: source outputs -> "real", target outputs -> "fake" (detached)
+        # 2. discriminators: source outputs -> "real", target outputs -> "fake" (detached);
+        # halved as in AdaptSegNet / ADVENT (loss_D / 2 for each domain's term)
         self.toggle_optimizer(opt_d)
-        d_loss = sum(discriminator_loss(
+        d_loss = sum(0.5 * discriminator_loss(
             self.discriminators[level](self.d_input_map(out_s[level].detach())),
             self.discriminators[level](self.d_input_map(out_t[level].detach())), self.gan_loss)
             for level in out_s)

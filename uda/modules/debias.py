@@ -66,11 +66,20 @@ class DebiasMixin:
             raise RuntimeError("style swap needs a DRANet codec (set_style_codec)")
         return self._codec
 
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The EMA teacher's logits as DACS and DAFormer compute them: every layer in the
+        student's mode, dropout off. A BatchNorm that trains in the student normalises with the
+        target batch's own statistics (and moves only the teacher's running statistics, which
+        nothing reads); a frozen one (model.freeze_bn) keeps its fixed statistics."""
+        for t, s in zip(self.teacher.modules(), self.segmenter.modules()):
+            t.training = s.training and not isinstance(t, nn.modules.dropout._DropoutNd)
+        return self.teacher(x)
+
     def debias_hooks(self) -> dict:
         """The callables offered to the datamodule's debias pipeline."""
         hooks = {}
         if self.teacher is not None:
-            hooks["teacher"] = lambda x: self.teacher.eval()(x)
+            hooks["teacher"] = self.teacher_logits
         if self.biased is not None:
             hooks["bias_features"] = lambda x: self.biased(x, return_features=True)[1]["enc"].mean((2, 3))
         if self._codec is not None or getattr(self, "translator", None) is not None:
