@@ -92,7 +92,7 @@ def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
 
 def build_segmenter(cfg: Config) -> nn.Module:
     try:
-        net = _segmenter(cfg.model, cfg.data.num_classes)
+        net = _segmenter(cfg.model, cfg.data.num_classes, cfg.data.source_transform)
     except (FileNotFoundError, WeightsError) as e:  # only weight loading raises these
         raise ConfigError(f"model.pretrained: {e}") from None
     if cfg.model.freeze_bn:
@@ -112,17 +112,20 @@ def freeze_bn_affine(net: nn.Module) -> None:
             m.requires_grad_(False)
 
 
-def _segmenter(m, n: int) -> nn.Module:
-    """The network of a `model` config section with `n` classes, its weights loaded."""
+def _segmenter(m, n: int, norm) -> nn.Module:
+    """The network of a `model` config section with `n` classes (input normalised as the
+    transform `norm` says), its weights loaded."""
     if m.name == "small":
         net = SmallSegNet(num_classes=n, width=m.width)
         if m.pretrained:
-            load_matching_weights(net, m.pretrained, candidates=lambda key: (key,))
+            net.load_report = load_matching_weights(net, m.pretrained, lambda key: (key,))
     elif m.name == "deeplabv2":
         net = DeepLabV2(num_classes=n, backbone=m.backbone, multi_level=m.multi_level,
-                        pretrained=m.pretrained)
+                        pretrained=m.pretrained, layout=m.layout,
+                        input_convention=m.input_convention, input_mean=tuple(norm.mean),
+                        input_std=tuple(norm.std), aspp_branches=m.aspp_branches)
     elif m.name == "drn_c26":
-        net = DRNC26(num_classes=n, pretrained=m.pretrained)
+        net = DRNC26(num_classes=n, pretrained=m.pretrained, upsample=m.upsample)
     else:
         raise ValueError(f"model.name={m.name!r} is not available")
     return net

@@ -169,13 +169,24 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Segmentation network. name in {small, deeplabv2 (ResNet-101 or -50: `backbone`),
-    drn_c26}. width: base channel width (small only); pretrained: local weights file (a
-    torchvision ResNet / DRN ImageNet state dict, or a segmenter checkpoint) or None = random
-    init; freeze_bn: keep the backbone's BatchNorm statistics and affine parameters fixed
+    drn_c26}. width: base channel width (small only); pretrained: local weights file in a format
+    of uda.models.weight_formats (the Caffe DeepLab-v2 init DeepLab_resnet_pretrained_init,
+    AdaptSegNet/ADVENT/DACS snapshots, torchvision ResNet, official DRN-C-26 / DRNSeg, a run's
+    checkpoint) or None = random init; freeze_bn: keep the backbone's BatchNorm statistics fixed
     (batch 2 per GPU); freeze_bn_affine: keep only the affine parameters (weight, bias) of every
     BatchNorm fixed while it normalises with batch statistics (the official AdaptSegNet / ADVENT
-    / DACS DeepLabV2: BN in training mode, its parameters not trained);
-    multi_level: DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level)."""
+    / DACS DeepLabV2: BN in training mode, its parameters not trained); multi_level: DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level).
+    layout (deeplabv2): caffe = the official AdaptSegNet/ADVENT/DACS ResNet (stride in layer2's
+    1x1 conv, layer3/4 dilated 2/4 throughout, ceil-mode max-pool, logits upsampled with
+    align_corners=True) | torchvision = torchvision's ResNet (align_corners=False).
+    input_convention (deeplabv2): what the weights expect, converted inside the network from the
+    data normalisation: imagenet_rgb | caffe_bgr (BGR, 0-255 minus the Caffe mean, no std).
+    upsample (drn_c26): bilinear | deconv (fyu/drn's fixed bilinear transposed convolution, as
+    used with the official DRNSeg weights). Other networks ignore these three keys (a config
+    chain may change model.name). Loading refuses weights of another layout / input convention.
+    The real DeepLabV2 configs set layout=caffe, input_convention=caffe_bgr.
+    aspp_branches (deeplabv2): ASPP convolutions summed per head, 1-4 (4 = DeepLab-v2, ADVENT;
+    2 = what AdaptSegNet's and DACS's code compute: it returns inside the summing loop)."""
     name: str = "small"
     width: int = 32
     backbone: str = "resnet101"
@@ -183,6 +194,10 @@ class ModelConfig:
     freeze_bn: bool = False
     freeze_bn_affine: bool = False
     multi_level: bool = False
+    layout: str = "torchvision"
+    input_convention: str = "imagenet_rgb"
+    upsample: str = "bilinear"
+    aspp_branches: int = 4
 
 
 @dataclass
@@ -448,6 +463,9 @@ _CHOICES = {
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
     "model.name": ("small", "deeplabv2", "drn_c26"),
     "model.backbone": ("resnet101", "resnet50"),
+    "model.layout": ("torchvision", "caffe"),
+    "model.input_convention": ("imagenet_rgb", "caffe_bgr"),
+    "model.upsample": ("bilinear", "deconv"),
     "method.name": ("source_only", "oracle", "adversarial", "dranet"),
     "method.dranet.enc_norm": ("batch", "bin", "instance", "none"),
     "method.dranet.gan_loss": ("vanilla", "lsgan", "hinge"),
@@ -512,6 +530,7 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("model.freeze_bn=true keeps the BatchNorm statistics of pretrained weights; "
                           "with a random init they do not normalise (the loss diverges to NaN): "
                           "set model.pretrained=<local ImageNet weights> or model.freeze_bn=false")
+    _validate_model_options(cfg)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"model.pretrained: weights file {cfg.model.pretrained} not found "
                           "(give a local path; nothing is downloaded)")
@@ -540,6 +559,23 @@ def _validate(cfg: DictConfig) -> None:
     if len(set(orders.values())) > 1:
         raise ConfigError("data.*_transform.channel_order must be the same for the three "
                           f"transforms (one network reads them all), got {orders}")
+
+
+def _validate_model_options(cfg: DictConfig) -> None:
+    """aspp_branches in 1..4; DeepLabV2's input conversion uses one data normalisation: every
+    transform must share it."""
+    m = cfg.model
+    if not 1 <= m.aspp_branches <= 4:
+        raise ConfigError(f"model.aspp_branches must be 1..4 (ASPP convolutions summed per head), "
+                          f"got {m.aspp_branches}")
+    if m.name == "deeplabv2" and m.input_convention != "imagenet_rgb":
+        norms = {name: (list(cfg.data[name].mean), list(cfg.data[name].std))
+                 for name in ("source_transform", "target_transform", "eval_transform")}
+        if len({str(v) for v in norms.values()}) > 1:
+            raise ConfigError(f"model.input_convention={m.input_convention} converts the data "
+                              "normalisation inside the network: data.source_transform, "
+                              "data.target_transform and data.eval_transform must share mean and "
+                              f"std (got {norms})")
 
 
 def _validate_accelerator(accelerator: str) -> None:

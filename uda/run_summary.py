@@ -18,15 +18,20 @@ def _size(hw) -> str:
     return "native size" if hw is None else "x".join(str(v) for v in hw)
 
 
-def model_text(cfg: Config) -> str:
+def model_text(cfg: Config, weights: str | None = None) -> str:
+    """The network in words; ``weights``: what loading `model.pretrained` did (its format)."""
     m = cfg.model
     if m.name == "small":
         text = f"small (width {m.width})"
     elif m.name == "deeplabv2":
-        text = f"deeplabv2 {m.backbone}" + (" multi-level" if m.multi_level else "")
+        text = f"deeplabv2 {m.backbone} ({m.layout} layout, {m.input_convention} input)" + (
+            ", multi-level" if m.multi_level else "") + (
+            f", {m.aspp_branches} ASPP branches" if m.aspp_branches != 4 else "")
     else:
         text = m.name
-    return text + (f", weights from {m.pretrained}" if m.pretrained else "")
+    if m.pretrained:
+        text += f", weights from {m.pretrained}" + (f" ({weights})" if weights else "")
+    return text
 
 
 def method_text(cfg: Config) -> str:
@@ -51,8 +56,9 @@ def devices_text(trainer) -> str:
     return f"{text}, precision {trainer.precision}"
 
 
-def start_summary(cfg: Config, run_dir: Path, datamodule, trainer) -> str:
-    """Six lines: what this run does and where it writes."""
+def start_summary(cfg: Config, run_dir: Path, datamodule, trainer,
+                  weights: str | None = None) -> str:
+    """Six lines: what this run does and where it writes (``weights``: see `model_text`)."""
     d, t = cfg.data, cfg.trainer
     if cfg.method.name == "oracle":  # trained on labelled target train
         source = f"source  = labelled target train ({len(datamodule.source_train)} images)"
@@ -68,7 +74,7 @@ def start_summary(cfg: Config, run_dir: Path, datamodule, trainer) -> str:
     val = f"validation every {t.val_every}" if 0 < t.val_every < t.max_steps else \
         "validation at the end"
     return "\n".join([
-        f"uda: train {method_text(cfg)}, model {model_text(cfg)}, seed {cfg.seed}",
+        f"uda: train {method_text(cfg)}, model {model_text(cfg, weights)}, seed {cfg.seed}",
         f"  {source}",
         f"  {target}",
         f"  crop {_size(d.source_transform.crop)} (source), {_size(d.target_transform.crop)} "

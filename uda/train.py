@@ -182,7 +182,9 @@ def _fit(cfg: Config, run_dir: Path, config_yaml: str, ckpt_path, start: int, sa
     trainer = build.build_trainer(cfg, run_dir, [config_file, ckpt, report, stop],
                                   module.optimizer_steps_per_iteration)
     if rank_zero_only.rank == 0:
-        print(start_summary(cfg, run_dir, datamodule, trainer), flush=True)
+        loaded = getattr(module.segmenter, "load_report", None)
+        print(start_summary(cfg, run_dir, datamodule, trainer, loaded and loaded.summary()),
+              flush=True)
     if ckpt_path is not None and rank_zero_only.rank == 0:
         print(f"uda: resuming from {ckpt_path} at iteration {start}", flush=True)
     try:

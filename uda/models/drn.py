@@ -20,17 +20,25 @@ stem   16        -       1       1         7x7 conv (no max-pooling)
 
 Module names follow the authors' release (``conv1``, ``bn1``, ``layer1`` .. ``layer8``; blocks
 with ``conv1/bn1/conv2/bn2/downsample``) under ``backbone.``, so their ImageNet file
-(``drn_c_26-ddedf421.pth``) loads as it is (``fc.*`` ignored).
+(``drn_c_26-ddedf421.pth``) loads as it is (``fc.*`` ignored); see `uda.models.weight_formats`.
+
+Upsampling of the stride-8 logits to the input size (``upsample``):
+- ``bilinear``: `F.interpolate` (align_corners=False) to the input size, any H, W;
+- ``deconv``: the official segmentation code's (fyu/drn ``DRNSeg``): a fixed depthwise
+  transposed convolution (kernel 16, stride 8, padding 4) with the bilinear kernel, giving
+  8 x the feature size, cropped to the input size. In the interior it equals ``bilinear`` (for H,
+  W multiples of 8); at the 4-pixel border it fades towards 0 (zero padding), as the official
+  outputs do. The kernel is rebuilt, not stored (state dicts are the same for both).
 
 Contract (shared by every segmenter in `uda.models`):
 - ``forward(x)``: ``x`` (B,3,H,W) float, ImageNet-normalised RGB -> logits (B,num_classes,H,W)
-  float at input size (bilinear, align_corners=False), any H, W;
+  float at input size, any H, W;
 - ``forward(x, return_features=True)`` -> ``(logits, {"enc": (B,512,ceil(H/8),ceil(W/8))})``;
 - ``param_groups(lr)``: backbone at ``lr``, classifier at ``10 * lr``; ``num_classes``.
 """
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 
 import torch
@@ -38,7 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from uda.models.backbone import BackboneSegmenter
-from uda.models.weights import LoadReport, load_matching_weights
+from uda.models.weight_formats import check_format, drn_format
+from uda.models.weights import LoadReport, load_weights
+
+UPSAMPLES = ("bilinear", "deconv")
 
 # (out channels, blocks, stride, dilation, residual) per level 1..8
 DRN_C_26_LEVELS = (
@@ -115,18 +126,23 @@ class DRNC26Backbone(nn.Module):
         return x
 
 
-# fyu/drn segment.py (DRNSeg) keeps the backbone as ``base`` = Sequential(conv1, bn1, relu,
-# layer1, ..., layer8) and the classifier as ``seg``.
-_DRNSEG_BASE = {0: "conv1", 1: "bn1"} | {3 + i: f"layer{i + 1}" for i in range(8)}
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """(size, size) bilinear interpolation kernel of a transposed convolution with stride
+    ceil(size / 2) (Long et al., FCN): the outer product of 1 - |i / f - c|, f = ceil(size / 2),
+    c = (2f - 1 - f mod 2) / (2f)."""
+    f = math.ceil(size / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    t = 1 - (torch.arange(size, dtype=torch.float64) / f - c).abs()
+    return torch.outer(t, t).float()
 
 
-def _drn_candidates(key: str) -> tuple[str, ...]:
-    m = re.match(r"base\.(\d+)\.(.*)", key)
-    if m and int(m.group(1)) in _DRNSEG_BASE:
-        return (f"backbone.{_DRNSEG_BASE[int(m.group(1))]}.{m.group(2)}",)
-    if key.startswith("seg."):
-        return ("classifier." + key[4:],)
-    return (key, "backbone." + key)
+def deconv_upsample(logits: torch.Tensor, size) -> torch.Tensor:
+    """fyu/drn DRNSeg's upsampling: depthwise transposed conv (kernel 16, stride 8, padding 4)
+    with `bilinear_kernel(16)`, cropped to ``size``."""
+    c = logits.shape[1]
+    w = bilinear_kernel(16).to(logits).expand(c, 1, 16, 16)
+    up = F.conv_transpose2d(logits, w, stride=8, padding=4, groups=c)
+    return up[..., :size[0], :size[1]]
 
 
 class DRNC26(BackboneSegmenter):
@@ -139,11 +155,16 @@ class DRNC26(BackboneSegmenter):
         pretrained: path of a local state dict: the authors' ImageNet DRN-C-26 file
             (``fc.*`` ignored), a DRNSeg state dict (``base.N.*`` / ``seg.*``), or a state dict of
             this class (possibly inside a Lightning checkpoint); see `load_pretrained`.
+        upsample: "bilinear" or "deconv" (the official DRNSeg upsampling; module docstring).
     """
 
-    def __init__(self, num_classes: int = 19, pretrained: str | Path | None = None):
+    def __init__(self, num_classes: int = 19, pretrained: str | Path | None = None,
+                 upsample: str = "bilinear"):
         super().__init__()
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample={upsample!r} is not one of {', '.join(UPSAMPLES)}")
         self.num_classes = num_classes
+        self.upsample = upsample
         self.backbone = DRNC26Backbone()
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=True)
         nn.init.normal_(self.classifier.weight, 0.0, (2.0 / num_classes) ** 0.5)
@@ -153,14 +174,16 @@ class DRNC26(BackboneSegmenter):
             self.load_report = self.load_pretrained(pretrained)
 
     def load_pretrained(self, path: str | Path) -> LoadReport:
-        """Load every matching tensor (name and shape) from a local file; ``fc.*`` and DRNSeg's
-        fixed ``up.*`` deconvolution are ignored, a classifier of another shape is skipped.
-        Returns a `LoadReport` (``.loaded`` tensors); raises FileNotFoundError / ValueError naming
-        the file when it is missing or nothing matches."""
-        def ignore(key: str) -> bool:
-            return key.startswith(("fc.", "backbone.fc.", "up."))
+        """Load every matching tensor (mapped name and shape) from a local file (format detected
+        and reported: `uda.models.weight_formats.drn_format`); ``fc.*`` and DRNSeg's fixed
+        ``up.*`` deconvolution are ignored (a DRNSeg file with ``up`` and ``upsample='bilinear'``
+        is loaded with a warning), a classifier of another shape is skipped. Returns a
+        `LoadReport`; raises FileNotFoundError / ValueError naming the file when it is missing or
+        nothing matches."""
+        def check(fmt) -> None:
+            check_format(fmt, path, upsample=self.upsample, input_convention="imagenet_rgb")
 
-        return load_matching_weights(self, path, _drn_candidates, ignore=ignore)
+        return load_weights(self, path, drn_format, check)
 
     def heads(self) -> list[nn.Module]:
         """The newly initialised modules (10x learning rate)."""
@@ -168,8 +191,11 @@ class DRNC26(BackboneSegmenter):
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         enc = self.backbone(x)
-        logits = F.interpolate(self.classifier(enc), size=x.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        if self.upsample == "deconv":
+            logits = deconv_upsample(self.classifier(enc), x.shape[-2:])
+        else:
+            logits = F.interpolate(self.classifier(enc), size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
         if return_features:
             return logits, {"enc": enc}
         return logits
