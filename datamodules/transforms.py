@@ -24,19 +24,13 @@ from datamodules.labels import IGNORE_INDEX
 
 class SegTransform:
     def __init__(self, ops: list, mean: Sequence[float], std: Sequence[float],
-                 transform_mask: bool = True, channel_order: str = "rgb"):
+                 transform_mask: bool = True):
         """`transform_mask=False` (evaluation): the image is transformed, the mask is returned
-        untouched at its native resolution, where the metric is computed. channel_order "bgr":
-        the channels are reversed before normalising (mean and std are given in BGR order), the
-        Caffe convention of the DeepLabV2 UDA code."""
-        if channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        untouched at its native resolution, where the metric is computed."""
         self.pipeline = A.Compose(ops, strict=True)
-        # x 255 in float64: a Caffe mean given as m / 255 comes back as m in float32 exactly
-        self.mean = (torch.tensor(mean, dtype=torch.float64) * 255.0).float().view(3, 1, 1)
-        self.std = (torch.tensor(std, dtype=torch.float64) * 255.0).float().view(3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
         self.transform_mask = transform_mask
-        self.bgr = channel_order == "bgr"
 
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray],
                  rng: Optional[np.random.Generator] = None):
@@ -49,8 +43,6 @@ class SegTransform:
         else:
             image = self.pipeline(image=image)["image"]
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        if self.bgr:
-            img = img.flip(0)
         img = (img - self.mean) / self.std
         mask_t = torch.from_numpy(mask.astype(np.int64)) if mask is not None else None
         return img, mask_t
@@ -62,7 +54,7 @@ def build_transform(resize: Optional[Sequence[int]] = None,
                     jitter: float = 0.0, jitter_p: float = 0.5,
                     mean: Sequence[float] = (0.485, 0.456, 0.406),
                     std: Sequence[float] = (0.229, 0.224, 0.225),
-                    transform_mask: bool = True, channel_order: str = "rgb") -> SegTransform:
+                    transform_mask: bool = True) -> SegTransform:
     """Pipeline: resize -> random rescale -> pad+random crop -> hflip -> colour jitter -> normalise.
     Sizes are (height, width)."""
     ops: list = []
@@ -84,15 +76,13 @@ def build_transform(resize: Optional[Sequence[int]] = None,
         # Explicit hue: the library default (0.5) would rotate colours arbitrarily.
         ops.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter,
                                  hue=min(jitter / 4.0, 0.5), p=jitter_p))
-    return SegTransform(ops, mean, std, transform_mask=transform_mask, channel_order=channel_order)
+    return SegTransform(ops, mean, std, transform_mask=transform_mask)
 
 
 def transform_from_config(t, train: bool) -> SegTransform:
     """Build from a `uda.config.TransformConfig`-shaped object (attribute access)."""
-    order = getattr(t, "channel_order", "rgb")
     if not train:
-        return build_transform(resize=t.resize, mean=t.mean, std=t.std, transform_mask=False,
-                               channel_order=order)
+        return build_transform(resize=t.resize, mean=t.mean, std=t.std, transform_mask=False)
     return build_transform(resize=t.resize, scale_range=t.scale_range, crop=t.crop,
                            hflip=t.hflip, jitter=t.jitter, jitter_p=t.jitter_p,
-                           mean=t.mean, std=t.std, channel_order=order)
+                           mean=t.mean, std=t.std)

@@ -85,8 +85,8 @@ def test_adversarial_entropy_input_is_advents():
 
 
 # ---------------------------------------------------------------- GAN losses (AdaptSegNet, ADVENT)
-# Official labels: source 0, target 1; D's loss halved per domain; G: D(target) -> source.
-# Ours: D reads source as 1, so our D output is the official one negated (BCE) or 1 - it (LS).
+# Official labels: source 0, target 1; D's loss halved per domain; G: D(target) -> source. Ours
+# the same, so our D's output is the official one (an official D state dict computes as ours).
 
 def official_d(o_src, o_tgt, crit):
     return (crit(o_src, torch.zeros_like(o_src)) / 2 + crit(o_tgt, torch.ones_like(o_tgt)) / 2)
@@ -99,16 +99,15 @@ def official_g(o_tgt, crit):
 BCE, MSE = F.binary_cross_entropy_with_logits, F.mse_loss
 
 
-def test_vanilla_and_ls_gan_losses_are_the_official_ones():
+@pytest.mark.parametrize("kind,crit", [("vanilla", BCE), ("lsgan", MSE)])
+def test_vanilla_and_ls_gan_losses_are_the_official_ones(kind, crit):
+    """AdaptSegNet --gan Vanilla (ADVENT's bce_loss) / --gan LS (MSELoss on the same labels):
+    the recipe's calls (D: target as real, source as fake; G: target read as 0) on D's output
+    as it is."""
     o_src, o_tgt = torch.randn(2, 1, 3, 5, generator=gen(3)), torch.randn(2, 1, 4, 4, generator=gen(4))
-    # AdaptSegNet --gan Vanilla (ADVENT's bce_loss): our D output = -official
-    torch.testing.assert_close(0.5 * discriminator_loss(-o_src, -o_tgt, "vanilla"),
-                               official_d(o_src, o_tgt, BCE))
-    torch.testing.assert_close(generator_loss(-o_tgt, "vanilla"), official_g(o_tgt, BCE))
-    # AdaptSegNet --gan LS (MSELoss on the same labels): our D output = 1 - official
-    torch.testing.assert_close(0.5 * discriminator_loss(1 - o_src, 1 - o_tgt, "lsgan"),
-                               official_d(o_src, o_tgt, MSE))
-    torch.testing.assert_close(generator_loss(1 - o_tgt, "lsgan"), official_g(o_tgt, MSE))
+    torch.testing.assert_close(0.5 * discriminator_loss(o_tgt, o_src, kind),
+                               official_d(o_src, o_tgt, crit))
+    torch.testing.assert_close(generator_loss(o_tgt, kind, read_as=0), official_g(o_tgt, crit))
 
 
 class KeepStepInputs(pl.Callback):
@@ -119,8 +118,9 @@ class KeepStepInputs(pl.Callback):
 
 
 def test_adversarial_recipe_minimises_the_official_discriminator_loss(toy_root, tmp_path):
-    """One iteration of our recipe: the logged D loss is the official one (halved BCE) of the
-    discriminator before its step on the segmenter's outputs before its step."""
+    """One iteration of our recipe: the logged D loss and adversarial loss are the official
+    ones (halved BCE; BCE of D(target) against the source label 0, times lambda_adv) of the
+    discriminator before its step, as it is, on the segmenter's outputs before its step."""
     cfg = shrunk_config(toy_root, tmp_path, "adversarial", "method.adversarial.d_input=entropy",
                         "trainer.max_steps=1")
     module, dm = build.build_module(cfg), build.build_datamodule(cfg)
@@ -133,9 +133,59 @@ def test_adversarial_recipe_minimises_the_official_discriminator_loss(toy_root, 
     with torch.no_grad():
         maps = [advent_prob_2_entropy(F.softmax(before.segmenter(batch[k]["image"]), 1))
                 for k in ("source", "target")]
-        o_src, o_tgt = (-before.discriminators["main"](m) for m in maps)  # official sign
+        o_src, o_tgt = (before.discriminators["main"](m) for m in maps)
+    metrics = trainer.callback_metrics
     expected = official_d(o_src, o_tgt, BCE)
-    assert trainer.callback_metrics["train/loss_d"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["train/loss_d"].item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = before.lambda_adv * official_g(o_tgt, BCE)
+    assert metrics["train/adv_main"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "lsgan", "hinge"])
+def test_checkpoint_with_the_old_discriminator_labels_is_converted(kind):
+    """A checkpoint written when D read source as 1 (no "discriminator_labels" entry): loading
+    converts D and its Adam state so that the new labels give the old game's losses, and the
+    next Adam step of the new game is the old game's step, mirrored."""
+    from uda.modules.adversarial import D_LABELS
+    torch.manual_seed(0)
+    old = OutputSpaceAdversarial(SmallSegNet(num_classes=19, width=8), CLASS_NAMES, gan_loss=kind)
+    adam = dict(lr=1e-2, betas=(0.9, 0.99))
+    opt_old = torch.optim.Adam(old.discriminators.parameters(), **adam)
+    xs, xt = (torch.softmax(3 * torch.randn(2, 19, 64, 64, generator=gen(20 + k)), 1) for k in (0, 1))
+    d_old = old.discriminators["main"]
+
+    def step(opt, loss):
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(opt_old, discriminator_loss(d_old(xs), d_old(xt), kind))  # the old labels: source 1
+    ckpt = {"state_dict": copy.deepcopy(old.state_dict()),
+            "optimizer_states": [{}, copy.deepcopy(opt_old.state_dict())]}
+    new = OutputSpaceAdversarial(SmallSegNet(num_classes=19, width=8), CLASS_NAMES, gan_loss=kind)
+    new.on_load_checkpoint(ckpt)
+    new.load_state_dict(ckpt["state_dict"])
+    opt_new = torch.optim.Adam(new.discriminators.parameters(), **adam)
+    opt_new.load_state_dict(ckpt["optimizer_states"][1])
+    d_new = new.discriminators["main"]
+    with torch.no_grad():
+        torch.testing.assert_close(discriminator_loss(d_new(xt), d_new(xs), kind),
+                                   discriminator_loss(d_old(xs), d_old(xt), kind))
+        torch.testing.assert_close(generator_loss(d_new(xt), kind, read_as=0),
+                                   generator_loss(d_old(xt), kind))
+    step(opt_old, discriminator_loss(d_old(xs), d_old(xt), kind))
+    step(opt_new, discriminator_loss(d_new(xt), d_new(xs), kind))
+    with torch.no_grad():
+        mirrored = (1 - d_old(xt)) if kind == "lsgan" else -d_old(xt)
+        torch.testing.assert_close(d_new(xt), mirrored, rtol=1e-5, atol=1e-5)
+        assert (d_new(xt) - d_old(xt)).abs().max() > 0.1  # not the unconverted D
+    assert ckpt["discriminator_labels"] == D_LABELS
+    saved = {}
+    new.on_save_checkpoint(saved)
+    assert saved == {"discriminator_labels": D_LABELS}
+    current = {"state_dict": copy.deepcopy(new.state_dict()), "discriminator_labels": D_LABELS}
+    new.on_load_checkpoint(current)  # a checkpoint with the current labels is left as it is
+    assert all(torch.equal(v, current["state_dict"][k]) for k, v in new.state_dict().items())
 
 
 def test_adam_scaled_loss_is_adam_with_scaled_eps():

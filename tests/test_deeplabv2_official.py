@@ -184,6 +184,31 @@ def test_feature_sizes_at_512x1024():
             assert feats["enc"].shape == (1, 2048, *size)
 
 
+def test_caffe_layout_evaluation_upsamples_once_as_advent():
+    """ADVENT / AdaptSegNet / DACS evaluation: nn.Upsample(label size, align_corners=True) on
+    the stride-8 logits, in one step. The caffe layout's evaluation computes exactly that (also
+    with flip); the torchvision layout keeps logits at input size, then align_corners=False."""
+    from uda.evaluation.inference import predict_probs
+    x = torch.randn(2, 3, 33, 65, generator=torch.Generator().manual_seed(7))
+    label_size = (64, 128)
+    caffe, tv = (DeepLabV2(3, "resnet50", layout=layout).eval() for layout in ("caffe", "torchvision"))
+    def advent_eval(images):
+        stride8 = caffe.classifier(caffe(images, return_features=True)[1]["enc"])  # 5x9
+        assert stride8.shape[-2:] == (5, 9)
+        return F.interpolate(stride8, size=label_size, mode="bilinear", align_corners=True)
+
+    with torch.no_grad():
+        advent, advent_flipped = advent_eval(x), advent_eval(x.flip(-1)).flip(-1)
+        two_steps = F.interpolate(caffe(x), size=label_size, mode="bilinear", align_corners=False)
+        tv_two_steps = F.interpolate(tv(x), size=label_size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(predict_probs(caffe, x, label_size, num_classes=3),
+                               advent.softmax(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(predict_probs(caffe, x, label_size, flip=True, num_classes=3),
+                               (advent.softmax(1) + advent_flipped.softmax(1)) / 2, rtol=0, atol=1e-6)
+    assert (two_steps.softmax(1) - advent.softmax(1)).abs().max() > 1e-4  # what it replaced
+    assert torch.equal(predict_probs(tv, x, label_size, num_classes=3), tv_two_steps.softmax(1))
+
+
 def test_caffe_layout_modules():
     m = DeepLabV2(3, "resnet50", layout="caffe").backbone
     assert m.maxpool.ceil_mode and m.layer2[0].conv1.stride == (2, 2)

@@ -37,6 +37,17 @@ def test_vanilla():
     close(generator_loss(FAKE, "vanilla"), -(math.log(sig(-2.0)) + math.log(sig(0.0))) / 2)
 
 
+def test_generator_towards_label_0():
+    """read_as=0 (the output-space recipe: target outputs should read as source, label 0)."""
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    close(generator_loss(FAKE, "hinge", read_as=0), -1.0)  # +mean([-2, 0])
+    close(generator_loss(FAKE, "lsgan", read_as=0), 2.0)   # mean([4, 0])
+    close(generator_loss(FAKE, "vanilla", read_as=0),
+          -(math.log(1 - sig(-2.0)) + math.log(1 - sig(0.0))) / 2)
+    with pytest.raises(ValueError, match="read_as must be 1 .real. or 0 .fake., got 2"):
+        generator_loss(FAKE, "vanilla", read_as=2)
+
+
 def test_unknown_kind_and_shapes():
     with pytest.raises(ValueError, match="wgan"):
         discriminator_loss(REAL, FAKE, "wgan")

@@ -169,8 +169,7 @@ def _build_module(cfg: Config) -> SegmentationModule:
                   class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
                   channels_last=cfg.trainer.channels_last,
                   image_mean=tuple(cfg.data.source_transform.mean),
-                  image_std=tuple(cfg.data.source_transform.std),
-                  image_bgr=cfg.data.source_transform.channel_order == "bgr")
+                  image_std=tuple(cfg.data.source_transform.std))
     if cfg.method.name in ("source_only", "oracle"):
         return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
     if cfg.method.name == "adversarial":
@@ -308,11 +307,10 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
     t = cfg.trainer
     logger = build_logger(cfg, run_dir)
     if logger:
-        e = cfg.data.eval_transform
+        mean, std = cfg.data.eval_transform.mean, cfg.data.eval_transform.std
         callbacks = [*callbacks, IoUTable(),
                      panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
-                                        mean=tuple(e.mean), std=tuple(e.std),
-                                        bgr=e.channel_order == "bgr")]
+                                        mean=tuple(mean), std=tuple(std))]
     if cfg.method.name == "dranet" and cfg.eval.translation_images > 0:
         from uda.translation_callback import TranslationQuality
         callbacks = [*callbacks, TranslationQuality(cfg.eval.translation_images,

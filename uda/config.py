@@ -41,10 +41,8 @@ class TransformConfig:
     [min, max] after resize (None = off); crop: random crop (padded with ignore where smaller);
     hflip: probability; jitter: colour-jitter strength (brightness/contrast/saturation; hue is
     jitter/4), 0 = off; jitter_p: its probability.
-    Normalisation: (pixel / 255 - mean) / std per channel. channel_order: rgb | bgr, the order of
-    the channels the network receives (mean and std are listed in that order). The Caffe
-    convention of the DeepLabV2 UDA code is channel_order: bgr, mean: [104.00698793,
-    116.66876762, 122.67891434] / 255, std: [1/255] * 3 (0-255 pixels minus the BGR mean)."""
+    Normalisation: (pixel / 255 - mean) / std per RGB channel (ImageNet's by default). A network
+    whose weights expect another convention converts this tensor itself (model.input_convention)."""
     resize: Optional[List[int]] = None
     scale_range: Optional[List[float]] = None
     crop: Optional[List[int]] = None
@@ -53,7 +51,6 @@ class TransformConfig:
     jitter_p: float = 0.5
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    channel_order: str = "rgb"
 
 
 @dataclass
@@ -175,10 +172,12 @@ class ModelConfig:
     checkpoint) or None = random init; freeze_bn: keep the backbone's BatchNorm statistics fixed
     (batch 2 per GPU); freeze_bn_affine: keep only the affine parameters (weight, bias) of every
     BatchNorm fixed while it normalises with batch statistics (the official AdaptSegNet / ADVENT
-    / DACS DeepLabV2: BN in training mode, its parameters not trained); multi_level: DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level).
+    / DACS DeepLabV2: BN in training mode, its parameters not trained); multi_level:
+    DeepLabV2's auxiliary layer3 head (AdaptSegNet multi-level).
     layout (deeplabv2): caffe = the official AdaptSegNet/ADVENT/DACS ResNet (stride in layer2's
     1x1 conv, layer3/4 dilated 2/4 throughout, ceil-mode max-pool, logits upsampled with
-    align_corners=True) | torchvision = torchvision's ResNet (align_corners=False).
+    align_corners=True; evaluation upsamples the stride-8 logits to the label size in one step,
+    as the official evaluation) | torchvision = torchvision's ResNet (align_corners=False).
     input_convention (deeplabv2): what the weights expect, converted inside the network from the
     data normalisation: imagenet_rgb | caffe_bgr (BGR, 0-255 minus the Caffe mean, no std).
     upsample (drn_c26): bilinear | deconv (fyu/drn's fixed bilinear transposed convolution, as
@@ -475,9 +474,6 @@ _CHOICES = {
     "method.optim.name": ("sgd", "adam"),
     "data.debias.style_swap.donor": ("target", "source"),
     "data.debias.dacs.pseudo_weight": ("image", "batch"),
-    "data.source_transform.channel_order": ("rgb", "bgr"),
-    "data.target_transform.channel_order": ("rgb", "bgr"),
-    "data.eval_transform.channel_order": ("rgb", "bgr"),
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
@@ -554,11 +550,6 @@ def _validate(cfg: DictConfig) -> None:
         if t.scale_range is not None and (len(t.scale_range) != 2
                                           or not 0 < t.scale_range[0] <= t.scale_range[1]):
             raise ConfigError(f"data.{name}.scale_range must be [min, max] with 0 < min <= max")
-    orders = {name: cfg.data[name].channel_order
-              for name in ("source_transform", "target_transform", "eval_transform")}
-    if len(set(orders.values())) > 1:
-        raise ConfigError("data.*_transform.channel_order must be the same for the three "
-                          f"transforms (one network reads them all), got {orders}")
 
 
 def _validate_model_options(cfg: DictConfig) -> None:

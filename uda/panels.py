@@ -93,7 +93,7 @@ class PanelLogger(pl.Callback):
     Validation: once per validation (first batch of the first loader), with
     `pl_module.predict_labels(images, mask size)`, the panel "panels/val_prediction": one row per
     image [input | prediction overlay | ground-truth overlay] in the Cityscapes palette, images
-    denormalised with `mean`/`std` (and shown as RGB when `bgr`: BGR validation images).
+    denormalised with `mean`/`std`.
     Panels are shrunk so no side exceeds `max_side`. WandbLogger: `log_image` (a list of images,
     captions from batch["name"]); TensorBoardLogger: `add_images`; any other logger: one PNG
     `run_dir/panels/<key>/step<N>.png` (default run_dir: trainer.default_root_dir). A failure
@@ -102,7 +102,7 @@ class PanelLogger(pl.Callback):
 
     def __init__(self, every_n_steps: int, max_images: int = 4, *, run_dir: Path | None = None,
                  mean: Iterable[float] = IMAGENET_MEAN, std: Iterable[float] = IMAGENET_STD,
-                 alpha: float = 0.5, max_side: int = 512, bgr: bool = False):
+                 alpha: float = 0.5, max_side: int = 512):
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
         self.every_n_steps = int(every_n_steps)
@@ -111,7 +111,6 @@ class PanelLogger(pl.Callback):
         self.mean = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
         self.alpha = alpha
-        self.bgr = bgr  # validation images in BGR order (mean/std too): shown as RGB
         self.max_side = int(max_side)
         self._last_train_step = -1
 
@@ -156,8 +155,6 @@ class PanelLogger(pl.Callback):
             pred = pl_module.predict_labels(images, tuple(masks.shape[-2:]))
         size = _display_size(*masks.shape[-2:], self.max_side)
         rgb = images.detach().float().cpu() * self.std + self.mean
-        if self.bgr:
-            rgb = rgb.flip(1)
         rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
 
         def labels(t: torch.Tensor) -> np.ndarray:

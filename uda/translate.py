@@ -64,7 +64,7 @@ def target_style_bank(module: DRANet, cfg: Config, num_styles: int):
 def source_dataset(cfg: Config, root, labelled: bool = False):
     """The source split under `root` at native size, normalised as the run's source images."""
     t = cfg.data.source_transform
-    transform = build_transform(mean=t.mean, std=t.std, channel_order=t.channel_order)
+    transform = build_transform(mean=t.mean, std=t.std)
     return DATASETS[cfg.data.source.dataset](root, cfg.data.source.split, labelled=labelled,
                                              transform=transform)
 

@@ -1,13 +1,17 @@
 """The evaluation protocol as pure functions: whole / sliding-window, flip, multi-scale inference.
 
 `model` is any callable mapping images (B,3,h,w) float -> logits (B,C,h,w) at the size of its
-input (e.g. `SmallSegNet`, or a LightningModule's forward). These functions never change the
+input (e.g. `SmallSegNet`, or a LightningModule's forward). A model whose attribute
+`one_step_upsampling` is True (DeepLabV2 in the caffe layout) is asked in `whole` mode for its
+logits at `out_size` directly (`model(x, out_size=out_size)`: its stride-8 logits upsampled in
+one step with its own align_corners, as the official AdaptSegNet / ADVENT / DACS evaluation); These functions never change the
 model's train/eval mode: put it in eval mode first. They run under `torch.no_grad()` (not
 `inference_mode`, so the returned tensors stay ordinary tensors) and return float32 tensors on the
 device of `images`.
 
 * `whole_inference`: one forward pass at the input size, logits upsampled bilinearly
-  (align_corners=False) to `out_size`, softmax -> probabilities. Same protocol as
+  (align_corners=False) to `out_size` (or computed there: `one_step_upsampling`), softmax ->
+  probabilities. Same protocol as
   `SegmentationModule.predict_labels` before its argmax.
 * `slide_inference`: logits at the input resolution from crop-sized tiles, the mmseg `slide`
   protocol: tile origins every `stride` pixels, the last tile of a row / column aligned to the
@@ -106,10 +110,23 @@ def slide_windows(height: int, width: int, crop: tuple[int, int],
 def whole_inference(model: Model, images: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
     """(B,3,h,w) -> (B,C,H,W) float32 softmax probabilities at `out_size` = (H, W)."""
     _check_images(images)
-    out_size = _pair(out_size, "out_size")
-    logits = model(images)
-    _check_logits(logits, images, None)
-    return _resize(logits.float(), out_size).softmax(1)
+    return _whole_logits(model, images, _pair(out_size, "out_size"), None).softmax(1)
+
+
+def _whole_logits(model: Model, x: torch.Tensor, out_size: tuple[int, int],
+                  num_classes: int | None) -> torch.Tensor:
+    """float32 logits of `x` at `out_size`: from the model itself when it upsamples in one step
+    (module docstring), else at the input size, resized."""
+    if getattr(model, "one_step_upsampling", False):
+        logits = model(x, out_size=out_size)
+        if logits.ndim != 4 or logits.shape[0] != x.shape[0] or tuple(logits.shape[-2:]) != out_size:
+            raise ValueError(f"model asked for logits at {out_size} returned {tuple(logits.shape)}")
+        if num_classes is not None and logits.shape[1] != num_classes:
+            raise ValueError(f"model returned {logits.shape[1]} channels, num_classes={num_classes}")
+        return logits.float()
+    logits = model(x)
+    _check_logits(logits, x, num_classes)
+    return _resize(logits.float(), out_size)
 
 
 @torch.no_grad()
@@ -201,11 +218,11 @@ def predict_probs(model: Model, images: torch.Tensor, out_size: Sequence[int], m
         for flipped in ((False, True) if flip else (False,)):
             xi = x.flip(-1) if flipped else x
             if mode == "whole":
-                logits = model(xi)
-                _check_logits(logits, xi, num_classes)
+                logits = _whole_logits(model, xi, out_size, num_classes)
             else:
-                logits = slide_inference(model, xi, crop, stride, num_classes, tile_batch)
-            probs = _resize(logits.float(), out_size).softmax(1)
+                logits = _resize(slide_inference(model, xi, crop, stride, num_classes,
+                                                 tile_batch), out_size)
+            probs = logits.softmax(1)
             del logits, xi
             if flipped:
                 probs = probs.flip(-1)

@@ -3,6 +3,10 @@
 kind: "hinge" (D: mean(relu(1 - real)) + mean(relu(1 + fake)); G: -mean(fake)),
 "lsgan" (D: mean((real - 1)^2) + mean(fake^2); G: mean((fake - 1)^2)),
 "vanilla" (binary cross-entropy with logits; G is the non-saturating -log sigmoid(fake)).
+D's labels: real 1, fake 0. The generator's loss asks D to read its samples as `read_as`: 1 (real,
+the usual game: DRANet's translations) or 0 (the output-space recipe, whose D labels target 1 and
+source 0 as the official AdaptSegNet / ADVENT code, and whose segmenter wants its target outputs
+read as source: hinge +mean(fake), lsgan mean(fake^2), vanilla -log(1 - sigmoid(fake))).
 The discriminator loss is the plain sum of its real and fake terms; AdaptSegNet and ADVENT halve
 it (the output-space recipe, `uda.modules.adversarial`, does too). Under Adam a constant factor
 c on a loss is the same as dividing Adam's eps by c: Adam(c g, eps) = Adam(g, eps / c) exactly
@@ -39,12 +43,15 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
 
-def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss of the generator: its translated images (fake_logits) should read real."""
+def generator_loss(fake_logits: torch.Tensor, kind: str, read_as: int = 1) -> torch.Tensor:
+    """Loss of the generator: D should read its samples (fake_logits) as label `read_as`
+    (1: real, the usual game; 0: the output-space recipe's source label)."""
     _check(kind)
+    if read_as not in (0, 1):
+        raise ValueError(f"read_as must be 1 (real) or 0 (fake), got {read_as!r}")
     fake = fake_logits.float()
     if kind == "hinge":
-        return -fake.mean()
+        return -fake.mean() if read_as else fake.mean()
     if kind == "lsgan":
-        return (fake - 1.0).pow(2).mean()
-    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        return (fake - float(read_as)).pow(2).mean()
+    return F.binary_cross_entropy_with_logits(fake, torch.full_like(fake, float(read_as)))

@@ -14,6 +14,9 @@ Contract (shared by every segmenter in `uda.models`):
 - ``forward(x)``: ``x`` (B,3,H,W) float, normalised as the data pipeline does (``input_mean`` /
   ``input_std``; converted inside to ``input_convention``, see `uda.models.input_convention`) ->
   logits (B,num_classes,H,W) float, bilinearly upsampled to the input size, any H, W;
+  ``forward(x, out_size=(H', W'))``: the stride-8 logits upsampled to (H', W') in one step.
+  ``one_step_upsampling`` (True in the caffe layout) asks evaluation for that at the label size,
+  as the official AdaptSegNet / ADVENT / DACS evaluation does (`uda.evaluation.inference`);
 - ``forward(x, return_features=True)`` -> ``(logits, feats)`` with ``feats["enc"]`` the layer4
   output (B,2048,~H/8,~W/8) and, when ``multi_level=True``, ``feats["aux_logits"]``
   (B,num_classes,H,W): the layer3 ASPP head at input size (AdaptSegNet's multi-level adaptation);
@@ -135,6 +138,7 @@ class DeepLabV2(BackboneSegmenter):
         self.backbone_name = backbone
         self.multi_level = multi_level
         self.layout = layout
+        self.one_step_upsampling = layout == "caffe"
         self.input = InputConvention(input_convention, input_mean, input_std)
         net = _BACKBONES[backbone](weights=None, replace_stride_with_dilation=[False, True, True])
         net.fc = nn.Identity()        # classification head unused (no parameters kept)
@@ -172,8 +176,8 @@ class DeepLabV2(BackboneSegmenter):
         return F.interpolate(t, size=size, mode="bilinear",
                              align_corners=self.layout == "caffe")
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        size = x.shape[-2:]
+    def forward(self, x: torch.Tensor, return_features: bool = False, out_size=None):
+        size = x.shape[-2:] if out_size is None else tuple(out_size)
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(self.input(x)))))
         x = b.layer2(b.layer1(x))

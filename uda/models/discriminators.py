@@ -2,7 +2,8 @@
 
 `OutputDiscriminator(in_channels)`: five 4x4 stride-2 convolutions (width, 2w, 4w, 8w, 1) with
 LeakyReLU(0.2), no normalisation: (B, C, H, W) softmax or self-information maps -> (B, 1, H/32,
-W/32) logits (source = 1, target = 0 by convention of the recipe).
+W/32) logits (source = 0, target = 1 in the recipe, as the official code: an official state dict
+loads as is and computes the same losses).
 """
 from __future__ import annotations
 

@@ -3,18 +3,22 @@
 Per iteration (two optimizers: segmenter, discriminator(s)):
   1. segmenter step: CE on labelled source + lambda_adv * (D(target output) judged "source"),
      D frozen (toggled off);
-  2. discriminator step: D(source output) -> source, D(target output) -> target, on detached
-     outputs computed in step 1 (no second forward).
+  2. discriminator step: D(source output) -> source (label 0), D(target output) -> target
+     (label 1), on detached outputs computed in step 1 (no second forward).
 The discriminator sees softmax maps ("softmax", AdaptSegNet) or ADVENT's normalised
 self-information maps -p log(p) / log(C) ("entropy", `uda.losses.entropy.self_information`).
 With `multi_level`, the segmenter's "aux_logits" get their own discriminator, an auxiliary CE
 weight and adversarial weight.
-D's loss is half the sum of its source and target terms, as in the official code (AdaptSegNet,
-ADVENT). One difference remains: D reads "source" as 1 (theirs: 0); for the BCE ("vanilla")
-loss that is the same game with D's output negated (D(x) here = -D_official(x)).
+D's loss is half the sum of its source and target terms and its labels are source 0, target 1,
+as in the official code (AdaptSegNet, ADVENT): an official discriminator and ours compute the
+same losses from the same weights. Checkpoints say so (`checkpoint["discriminator_labels"]`); one
+written before (D read source as 1) is converted when resumed: the last convolution of each D
+is negated (vanilla, hinge: D_new = -D_old) or mapped to 1 - D_old (lsgan), and the first
+moments of its Adam state negated, so the run continues the same game.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -24,6 +28,10 @@ from uda.losses.entropy import self_information
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.models.discriminators import OutputDiscriminator
 from uda.modules.base import SegmentationModule
+
+log = logging.getLogger(__name__)
+SOURCE_LABEL, TARGET_LABEL = 0, 1  # D's labels, as the official AdaptSegNet / ADVENT code
+D_LABELS = "source 0, target 1"    # stored in checkpoints (absent: written with source 1)
 
 
 class OutputSpaceAdversarial(SegmentationModule):
@@ -79,19 +87,20 @@ class OutputSpaceAdversarial(SegmentationModule):
                 losses[f"seg_{level}"] = w_seg * self.source_loss(out_s[level], src,
                                                                   lff=level == "main")
                 d_t = self.discriminators[level](self.d_input_map(out_t[level]))
-                losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss)
+                losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss,
+                                                                read_as=SOURCE_LABEL)
         losses.update(self.debias_losses(batch))  # {} without data.debias
         ok = self.backward_step(opt_seg, sum(losses.values()), "segmenter")
         self.untoggle_optimizer(opt_seg)
         if not ok:
             return
 
-        # 2. discriminators: source outputs -> "real", target outputs -> "fake" (detached);
-        # halved as in AdaptSegNet / ADVENT (loss_D / 2 for each domain's term)
+        # 2. discriminators: target outputs -> 1 ("real" in gan.py's terms), source outputs -> 0
+        # (detached); halved as in AdaptSegNet / ADVENT (loss_D / 2 for each domain's term)
         self.toggle_optimizer(opt_d)
         d_loss = sum(0.5 * discriminator_loss(
-            self.discriminators[level](self.d_input_map(out_s[level].detach())),
-            self.discriminators[level](self.d_input_map(out_t[level].detach())), self.gan_loss)
+            self.discriminators[level](self.d_input_map(out_t[level].detach())),
+            self.discriminators[level](self.d_input_map(out_s[level].detach())), self.gan_loss)
             for level in out_s)
         ok = self.backward_step(opt_d, d_loss, "discriminator")
         self.untoggle_optimizer(opt_d)
@@ -103,3 +112,34 @@ class OutputSpaceAdversarial(SegmentationModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False)
         self.log("train/loss_d", d_loss)
         self.log("train/loss_seg", losses["seg_main"], prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["discriminator_labels"] = D_LABELS
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("discriminator_labels") != D_LABELS:
+            flip_discriminator_labels(self, checkpoint)
+
+
+def flip_discriminator_labels(module: OutputSpaceAdversarial, checkpoint: dict) -> None:
+    """Convert, in place, a checkpoint whose discriminators read source as 1 to the labels of
+    this version (module docstring): each D's last convolution negated (lsgan: bias 1 - b) and
+    the first moments of those tensors in the discriminators' Adam state negated."""
+    state, names = checkpoint["state_dict"], [n for n, _ in module.discriminators.named_parameters()]
+    flipped = []
+    for level, d in module.discriminators.items():
+        last = [n for n, m in d.named_modules() if isinstance(m, nn.Conv2d)][-1]
+        for kind in ("weight", "bias"):
+            key = f"{level}.{last}.{kind}"
+            t = state[f"discriminators.{key}"]
+            offset = 1.0 if (kind == "bias" and module.gan_loss == "lsgan") else 0.0
+            state[f"discriminators.{key}"] = offset - t
+            flipped.append(names.index(key))
+    optimizers = checkpoint.get("optimizer_states") or []
+    if len(optimizers) > 1:  # [segmenter, discriminators]
+        for i in flipped:
+            if "exp_avg" in optimizers[1]["state"].get(i, {}):
+                optimizers[1]["state"][i]["exp_avg"] = -optimizers[1]["state"][i]["exp_avg"]
+    checkpoint["discriminator_labels"] = D_LABELS
+    log.warning("checkpoint written before the discriminators read source as 0 (the official "
+                "AdaptSegNet / ADVENT labels): their last layers were converted to those labels")

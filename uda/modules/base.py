@@ -77,17 +77,15 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
                  eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225), image_bgr: bool = False):
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225)):
         super().__init__()
         self.automatic_optimization = False  # every recipe reads as explicit optimizer steps
         self.segmenter = segmenter
         self.max_steps, self.optim = max_steps, optim
         self.channels_last = channels_last
-        # the datamodule's normalisation, to show images (panels) and to translate them;
-        # image_bgr: the network reads BGR (mean and std in that order), shown and translated as RGB
+        # the datamodule's normalisation, to show images (panels) and to translate them
         self.register_buffer("mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
-        self.image_bgr = image_bgr
         self.class_names = list(class_names)
         self.eval_options = dict(eval_options or {})
         self.export_dir: Path | None = None
@@ -185,21 +183,17 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
         if self.max_nonfinite_skips > 0:  # buffers are small (BN statistics): cheap to keep
             self._buffer_snapshot = [b.detach().clone() for b in self.buffers()]
 
-    def _rgb(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels in RGB order (the network's order is BGR when image_bgr; an involution)."""
-        return x.flip(1) if self.image_bgr else x
-
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""
-        return self._rgb((x.float() * self.std + self.mean).clamp(0, 1))
+        return (x.float() * self.std + self.mean).clamp(0, 1)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Dataset-normalised image -> RGB in [-1, 1] (the translator's space)."""
-        return self._rgb((x * self.std + self.mean) * 2.0 - 1.0)
+        """Dataset-normalised image -> [-1, 1] (the translator's space)."""
+        return (x * self.std + self.mean) * 2.0 - 1.0
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """RGB in [-1, 1] -> dataset-normalised image (what the segmenter expects)."""
-        return ((self._rgb(u) + 1.0) / 2.0 - self.mean) / self.std
+        """[-1, 1] -> dataset-normalised image (what the segmenter expects)."""
+        return ((u + 1.0) / 2.0 - self.mean) / self.std
 
     @torch.no_grad()
     def panel_images(self, batch) -> dict[str, torch.Tensor]:
