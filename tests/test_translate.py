@@ -87,7 +87,8 @@ def _reference_miou_on_files(reference_ckpt, root):
     """The reference's mIoU on a GTA5-layout folder, computed without uda.translation_quality."""
     import torch
     from datamodules.transforms import transform_from_config
-    from uda.evaluate import config_for, load_module, read_checkpoint
+    from uda.build import load_module
+    from uda.checkpoint_io import config_for, read_checkpoint
     from uda.metrics import confusion_matrix, mean_iou
     ckpt = read_checkpoint(reference_ckpt)
     cfg = config_for(ckpt, reference_ckpt)
