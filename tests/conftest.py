@@ -11,17 +11,26 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = REPO.parent / "shared" / "real_samples"
 
+# The overrides that make a toy run tiny, for every method (a method ignores the other methods'
+# sections): no worker processes, batch 2, 32x64 crops, 8-channel networks, no progress bar.
+# A test adds its own trainer.* (steps, validation, accelerator) after it; later overrides win.
+SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
+          "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
+          "method.dranet.d_width=8", "method.adversarial.d_width=8", "trainer.progress_bar=false"]
+CROPS = ("data.source_transform.crop", "data.target_transform.crop")  # shrink(*CROPS): configured
+
+
+def shrink(*without: str) -> list[str]:
+    """SHRINK less the overrides of the keys `without` (those keep their configured values)."""
+    return [o for o in SHRINK if o.split("=", 1)[0] not in without]
+
 
 def shrunk_config(toy_root, tmp_path, method: str, *extra: str):
     """configs/toy/<method>.yaml on the tiny toy data, with tiny networks, crops and batches."""
     from uda.config import load_config
     return load_config(REPO / f"configs/toy/{method}.yaml", [
         f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-        f"run.dir={tmp_path}", "data.num_workers=0", "data.batch_size=2",
-        "data.source_transform.crop=[32,64]", "data.target_transform.crop=[32,64]",
-        "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
-        "method.adversarial.d_width=8", "trainer.max_steps=2", "trainer.progress_bar=false",
-        "trainer.accelerator=cpu", *extra])
+        f"run.dir={tmp_path}", *SHRINK, "trainer.max_steps=2", "trainer.accelerator=cpu", *extra])
 
 
 def kill_at(iteration: int, sig: int | None = None):

@@ -20,13 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, SHRINK
 from uda.cli import main
 
 CONFIG = str(REPO / "configs/toy/source_only.yaml")
-SHRINK = ["data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "trainer.max_steps=2",
-          "trainer.progress_bar=false", "trainer.accelerator=cpu", "data.num_workers=0"]
+TINY = [*SHRINK, "trainer.max_steps=2", "trainer.accelerator=cpu"]
 ERROR_LINE = re.compile(r"^uda( [\w-]+)*: error: ")
 
 
@@ -69,7 +67,7 @@ def world(toy_root, tmp_path_factory) -> dict:
     p["bad_val"] = toy_variant(toy_root, w / "bad_val", lambda d: set_pixels(
         first(d, "target/gtFine/val/*/*_gtFine_labelIds.png"), 34))
     assert main(["train", "--config", CONFIG, f"data.source.root={data / 'source'}",
-                 f"data.target.root={data / 'target'}", f"run.dir={p['run']}", *SHRINK]) == 0
+                 f"data.target.root={data / 'target'}", f"run.dir={p['run']}", *TINY]) == 0
     os.environ.pop("UDA_RUN_DIR", None)
     p["ckpt"] = p["run"] / "checkpoints" / "last.ckpt"
     (w / "file").write_text("a file where a folder is needed\n")
@@ -94,7 +92,7 @@ def world(toy_root, tmp_path_factory) -> dict:
 
 def train(p, *extra, data="data"):
     return ["train", "--config", CONFIG, f"data.source.root={p[data] / 'source'}",
-            f"data.target.root={p[data] / 'target'}", *SHRINK, *extra]
+            f"data.target.root={p[data] / 'target'}", *TINY, *extra]
 
 
 def evaluate(p, *extra):

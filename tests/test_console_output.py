@@ -14,13 +14,12 @@ import warnings
 import pytest
 from tqdm import tqdm
 
-from conftest import REPO
+from conftest import REPO, shrink
 from uda import console
 from uda.cli import main
 
-TINY = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-        "data.target_transform.crop=[32,64]", "model.width=8", "trainer.max_steps=3",
-        "trainer.val_every=2", "logger.name=csv", "trainer.progress_bar=true"]
+TINY = [*shrink("trainer.progress_bar"), "trainer.max_steps=3", "trainer.val_every=2",
+        "logger.name=csv", "trainer.progress_bar=true"]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, shrink
 from uda.cli import main
 
-SHRINK = ["data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
-          "method.dranet.d_width=8", "trainer.max_steps=2", "trainer.progress_bar=false",
-          "trainer.accelerator=cpu"]
+# without data.num_workers: its configured workers (errors raised in worker processes)
+TINY = [*shrink("data.num_workers"), "trainer.max_steps=2", "trainer.accelerator=cpu"]
 
 
 def one_error_line(err: str, *named: str) -> str:
@@ -35,7 +33,7 @@ def toy_copy(toy_root, tmp_path):
 def train(data, run, *extra):
     return main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
                  f"data.source.root={data / 'source'}", f"data.target.root={data / 'target'}",
-                 f"run.dir={run}", *SHRINK, *extra])
+                 f"run.dir={run}", *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +137,7 @@ def test_translate_names_a_corrupt_source_image(toy_root, tmp_path, capfd):
     run = tmp_path / "run"
     assert main(["train", "--config", str(REPO / "configs/toy/dranet.yaml"),
                  f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-                 f"run.dir={run}", "data.num_workers=0", *SHRINK, "trainer.max_steps=1"]) == 0
+                 f"run.dir={run}", "data.num_workers=0", *TINY, "trainer.max_steps=1"]) == 0
     image = sorted((data / "source" / "images").glob("*.png"))[2]
     image.write_bytes(b"garbage")
     capfd.readouterr()

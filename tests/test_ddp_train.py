@@ -6,15 +6,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import REPO
+from conftest import REPO, SHRINK
 from uda import build
 from uda.cli import main
 from uda.config import load_config
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
-          "method.dranet.d_width=8", "method.adversarial.d_width=8",
-          "trainer.progress_bar=false", "trainer.accelerator=cpu"]
+TINY = [*SHRINK, "trainer.accelerator=cpu"]
 
 
 class DumpState(pl.Callback):
@@ -34,7 +31,7 @@ def test_two_ranks_end_with_identical_parameters_and_buffers(toy_root, tmp_path,
         f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
         f"run.dir={tmp_path}", "trainer.max_steps=3", "trainer.val_every=3",
         "trainer.devices=2", "trainer.strategy=ddp_fork",
-        f"trainer.sync_batchnorm={str(sync_bn).lower()}", *SHRINK])
+        f"trainer.sync_batchnorm={str(sync_bn).lower()}", *TINY])
     module, dm = build.build_module(cfg), build.build_datamodule(cfg)
     if sync_bn:
         from uda.models.sync_bn import AllReduceBatchNorm2d
@@ -60,7 +57,7 @@ def test_cli_two_process_training_writes_one_run(toy_root, tmp_path):
                f"data.source.root={toy_root / 'source'}",
                f"data.target.root={toy_root / 'target'}", f"run.dir={run}",
                "trainer.max_steps=4", "trainer.val_every=2", "trainer.devices=2",
-               "trainer.strategy=ddp_fork", *SHRINK])
+               "trainer.strategy=ddp_fork", *TINY])
     assert rc == 0
     results = json.loads((run / "results.json").read_text())
     assert results["step"] == 4 and results["num_images"] == 5

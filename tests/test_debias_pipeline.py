@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, shrunk_config
+from conftest import CROPS, REPO, shrink, shrunk_config
 from datamodules.debias.lff import LfFWeights
 from datamodules.debias.mixing import mixed_loss
 from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
@@ -265,9 +265,7 @@ def test_style_swap_with_a_codec_checkpoint(toy_root, tmp_path):
     dra = tmp_path / "dra"
     assert main(["train", "--config", str(REPO / "configs/toy/dranet.yaml"),
                  f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-                 f"run.dir={dra}", "trainer.max_steps=1", "trainer.progress_bar=false",
-                 "data.num_workers=0", "data.batch_size=2", "method.dranet.width=8",
-                 "method.dranet.d_width=8", "model.width=8"]) == 0
+                 f"run.dir={dra}", "trainer.max_steps=1", *shrink(*CROPS)]) == 0
     ckpt = dra / "checkpoints" / "last.ckpt"
     cfg = small_cfg(toy_root, tmp_path / "so", "source_only", "data.debias.style_swap.enabled=true",
                     "data.debias.style_swap.p=1.0", f"data.debias.style_swap.codec_checkpoint={ckpt}")
@@ -297,8 +295,7 @@ def test_debias_checkpoint_evaluates_like_training(toy_root, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
                  f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-                 f"run.dir={run}", "trainer.max_steps=2", "trainer.progress_bar=false",
-                 "data.num_workers=0", "data.batch_size=2", "model.width=8",
+                 f"run.dir={run}", "trainer.max_steps=2", *shrink(*CROPS),
                  "data.debias.dacs.enabled=true", "data.debias.lff.enabled=true"]) == 0
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints/last.ckpt"), "--output",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import CROPS, REPO, shrink
 from uda.cli import main
 
 
@@ -15,8 +15,7 @@ def trained(toy_root, tmp_path_factory):
     rc = main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
                f"data.source.root={toy_root / 'source'}",
                f"data.target.root={toy_root / 'target'}", f"run.dir={run}",
-               "trainer.max_steps=3", "trainer.progress_bar=false", "data.num_workers=0",
-               "data.batch_size=2", "model.width=8"])
+               "trainer.max_steps=3", *shrink(*CROPS)])
     assert rc == 0
     return run
 

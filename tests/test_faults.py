@@ -9,13 +9,10 @@ import pytorch_lightning as pl
 import torch
 
 import uda.build
-from conftest import REPO
+from conftest import REPO, SHRINK
 from uda.cli import main
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
-          "method.dranet.d_width=8", "trainer.progress_bar=false", "trainer.max_steps=6",
-          "trainer.val_every=2"]
+TINY = [*SHRINK, "trainer.max_steps=6", "trainer.val_every=2"]
 
 
 class PoisonBatch(pl.Callback):
@@ -41,7 +38,7 @@ def run(method, toy_root, run_dir, monkeypatch, *extra, poison_at=3):
     monkeypatch.setattr(uda.build, "build_trainer", with_poison)
     return main(["train", "--config", str(REPO / f"configs/toy/{method}.yaml"),
                  f"data.source.root={toy_root / 'source'}",
-                 f"data.target.root={toy_root / 'target'}", f"run.dir={run_dir}", *SHRINK, *extra])
+                 f"data.target.root={toy_root / 'target'}", f"run.dir={run_dir}", *TINY, *extra])
 
 
 @pytest.mark.parametrize("method", ["source_only", "dranet"])

@@ -331,16 +331,13 @@ def test_tensorboard_logger(env, tmp_path):
 
 def test_uda_train_with_wandb_offline_logs_metrics_table_and_panels(env, toy_root, tmp_path):
     """Acceptance: the real `uda train` (toy DRANet) with logger.name=wandb in offline mode."""
-    from conftest import REPO
+    from conftest import REPO, SHRINK
     from uda.cli import main
     run_dir = tmp_path / "run"
     rc = main(["train", "--config", str(REPO / "configs/toy/dranet.yaml"),
                f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
                f"run.dir={run_dir}", "trainer.max_steps=4", "trainer.val_every=2",
-               "trainer.log_every=1", "trainer.progress_bar=false", "data.num_workers=0",
-               "data.batch_size=2", "data.source_transform.crop=[32,64]",
-               "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
-               "method.dranet.d_width=8", "logger.name=wandb", "logger.mode=auto",
+               "trainer.log_every=1", *SHRINK, "logger.name=wandb", "logger.mode=auto",
                "logger.panels_every=2", "logger.project=uda-toy", "logger.tags=[toy,test]",
                "logger.log_checkpoints=true"])
     assert rc == 0

@@ -3,12 +3,10 @@ option(s) and the fix, exit 2, nothing written."""
 import pytest
 import torch
 
-from conftest import REPO, shrunk_config
+from conftest import REPO, SHRINK, shrunk_config
 from uda.cli import main
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "trainer.max_steps=1",
-          "trainer.progress_bar=false", "trainer.accelerator=cpu"]
+TINY = [*SHRINK, "trainer.max_steps=1", "trainer.accelerator=cpu"]
 
 
 def error_line(err: str) -> str:
@@ -33,7 +31,7 @@ def run_checkpoint(toy_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     assert main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
                  f"data.source.root={toy_root / 'source'}",
-                 f"data.target.root={toy_root / 'target'}", f"run.dir={run}", *SHRINK]) == 0
+                 f"data.target.root={toy_root / 'target'}", f"run.dir={run}", *TINY]) == 0
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -43,7 +41,7 @@ def test_pretrained_run_checkpoint_of_another_model_is_refused(run_checkpoint, t
     run = tmp_path / "run"
     rc = main(["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
                f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-               f"run.dir={run}", *SHRINK, *model, f"model.pretrained={run_checkpoint}"])
+               f"run.dir={run}", *TINY, *model, f"model.pretrained={run_checkpoint}"])
     line = error_line(capsys.readouterr().err)
     assert rc == 2 and line.startswith(f"uda: error: model.pretrained: {run_checkpoint} is a "
                                        "checkpoint of a uda run")

@@ -7,16 +7,13 @@ import pytest
 import torch
 
 import uda.build
-from conftest import REPO, kill_at
+from conftest import REPO, SHRINK, kill_at
 from uda.cli import main
 from uda.config import ConfigError, load_config
 from uda.train import train
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "data.source_transform.jitter=0.2",
-          "model.width=8", "method.dranet.width=8", "method.dranet.d_width=8",
-          "trainer.progress_bar=false", "trainer.deterministic=true", "trainer.max_steps=6",
-          "trainer.val_every=2"]
+TINY = [*SHRINK, "data.source_transform.jitter=0.2", "trainer.deterministic=true",
+        "trainer.max_steps=6", "trainer.val_every=2"]
 
 
 DEBIAS = ["data.debias.lff.enabled=true", "data.debias.dacs.enabled=true",
@@ -27,7 +24,7 @@ def cfg_for(method, toy_root, run_dir):
     name, _, variant = method.partition("+")
     return load_config(REPO / f"configs/toy/{name}.yaml", [
         f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-        f"run.dir={run_dir}", *SHRINK, *(DEBIAS if variant == "debias" else [])])
+        f"run.dir={run_dir}", *TINY, *(DEBIAS if variant == "debias" else [])])
 
 
 def params(run_dir):
@@ -73,7 +70,7 @@ def test_resume_errors(toy_root, tmp_path, capsys):
     train(cfg_for("source_only", toy_root, run))
     base = ["train", "--config", str(REPO / "configs/toy/adversarial.yaml"),
             f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-            f"run.dir={run}", *SHRINK]
+            f"run.dir={run}", *TINY]
     assert main([*base, "--resume", "auto"]) == 2
     assert "cannot resume: checkpoint has method.name='source_only'" in capsys.readouterr().err
     base[2] = str(REPO / "configs/toy/source_only.yaml")

@@ -16,22 +16,20 @@ import pytest
 import torch
 
 import uda.build
-from conftest import REPO, kill_at
+from conftest import REPO, SHRINK, kill_at
 from uda.checkpointing import AtomicCheckpoint, recorded_best
 from uda.cli import main
 from uda.io import write_text_atomic
 from uda.run_guard import previous_run_files
 from uda.train import EXIT_INTERRUPTED
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "trainer.progress_bar=false",
-          "trainer.val_every=2", "trainer.log_every=1", "logger.name=csv"]
+TINY = [*SHRINK, "trainer.val_every=2", "trainer.log_every=1", "logger.name=csv"]
 
 
 def train_args(toy_root, run_dir, *extra):
     return ["train", "--config", str(REPO / "configs/toy/source_only.yaml"),
             f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-            f"run.dir={run_dir}", *SHRINK, *extra]
+            f"run.dir={run_dir}", *TINY, *extra]
 
 
 def snapshot(run_dir: Path) -> dict:

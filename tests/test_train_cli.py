@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import CROPS, REPO, shrink
 from datamodules.datasets import CityscapesDataset, GTA5Dataset
 from datamodules.labels import CLASS_NAMES
 from uda.cli import main
@@ -18,8 +18,7 @@ from uda.config import load_config
 def toy_overrides(toy_root, run_dir, steps=4):
     return [f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
             f"run.dir={run_dir}", f"trainer.max_steps={steps}", "trainer.val_every=2",
-            "trainer.progress_bar=false", "data.num_workers=0", "data.batch_size=2",
-            "model.width=8"]
+            *shrink(*CROPS)]
 
 
 def test_toy_files_load_through_the_real_dataset_classes(toy_root):

@@ -3,19 +3,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, SHRINK
 from datamodules.datasets import GTA5Dataset
 from uda.cli import main
 
-SHRINK = ["data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-          "data.target_transform.crop=[32,64]", "model.width=8", "method.dranet.width=8",
-          "method.dranet.d_width=8", "trainer.max_steps=2", "trainer.progress_bar=false"]
+TINY = [*SHRINK, "trainer.max_steps=2"]
 
 
 def train(method, toy_root, run):
     assert main(["train", "--config", str(REPO / f"configs/toy/{method}.yaml"),
                  f"data.source.root={toy_root / 'source'}",
-                 f"data.target.root={toy_root / 'target'}", f"run.dir={run}", *SHRINK]) == 0
+                 f"data.target.root={toy_root / 'target'}", f"run.dir={run}", *TINY]) == 0
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -43,7 +41,7 @@ def test_translate_needs_a_dranet_checkpoint(toy_root, tmp_path, capsys):
 def test_benchmark_toy_table(toy_root, tmp_path, capsys):
     import json
     rc = main(["benchmark", "toy", "--seeds", "2", "--methods", "source_only,oracle",
-               "--data", str(toy_root), "--out", str(tmp_path), *SHRINK])
+               "--data", str(toy_root), "--out", str(tmp_path), *TINY])
     assert rc == 0
     rows = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(rows) == {"source_only", "oracle"}
@@ -58,7 +56,7 @@ def test_benchmark_toy_reports_a_class_iou_from_a_config_dir(toy_root, tmp_path)
     import json
     rc = main(["benchmark", "toy", "--seeds", "1", "--methods", "source_only",
                "--config-dir", str(REPO / "configs/toy/cue"), "--class-iou", "car",
-               "--data", str(toy_root), "--out", str(tmp_path), *SHRINK])
+               "--data", str(toy_root), "--out", str(tmp_path), *TINY])
     assert rc == 0
     row = json.loads((tmp_path / "benchmark.json").read_text())["source_only"]
     seed0 = json.loads((tmp_path / "source_only" / "seed0" / "results.json").read_text())
@@ -87,7 +85,8 @@ def _reference_miou_on_files(reference_ckpt, root):
     """The reference's mIoU on a GTA5-layout folder, computed without uda.translation_quality."""
     import torch
     from datamodules.transforms import transform_from_config
-    from uda.evaluate import config_for, load_module, read_checkpoint
+    from uda.build import load_module
+    from uda.checkpoint_io import config_for, read_checkpoint
     from uda.metrics import confusion_matrix, mean_iou
     ckpt = read_checkpoint(reference_ckpt)
     cfg = config_for(ckpt, reference_ckpt)

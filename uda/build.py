@@ -24,6 +24,7 @@ from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASS
 from datamodules.transforms import build_transform, transform_from_config
 from uda import logging_setup, panels
 from uda.callbacks import IoUTable, IterationProgressBar, QuietLibraries, SyncBuffers
+from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import WeightsError, load_matching_weights
@@ -220,6 +221,20 @@ def layout_means(cfg: Config, frames: int, size: tuple[int, int]
     return means[0], means[1], min(used)
 
 
+def load_module(ckpt: dict, cfg: Config, ckpt_path):
+    """The recipe of `cfg` with the weights of checkpoint `ckpt` (read from `ckpt_path`), in eval
+    mode; ConfigError naming the file when the weights do not fit the configured model."""
+    module = build_module(cfg)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        detail = " ".join(str(e).split())[:400]
+        raise ConfigError(f"{ckpt_path}: weights do not fit the configured model "
+                          f"({cfg.model.name}, method {cfg.method.name}): {detail}; check "
+                          "--config / model.* overrides") from None
+    return module.eval()
+
+
 def build_translator(r) -> DRANetTranslator:
     """The translator of a `method.dranet` config section."""
     return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
@@ -230,8 +245,6 @@ def build_translator(r) -> DRANetTranslator:
 def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
     """For training only: load the DRANet translator of data.debias.style_swap.codec_checkpoint
     (methods other than DRANet, which uses its own)."""
-    from uda.evaluate import config_for, read_checkpoint  # (imports build)
-
     path = cfg.data.debias.style_swap.codec_checkpoint
     if not (cfg.data.debias.style_swap.enabled and path):  # config: never set for DRANet
         return

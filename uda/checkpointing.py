@@ -27,21 +27,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from uda.checkpoint_io import recorded_info
 from uda.io import remove_quietly, temp_path
 from uda.nonfinite import check_finite_state
-
-
-def recorded_info(path: Path) -> dict:
-    """The `uda` entry of checkpoint `path` without its config and RNG states ({} when absent or
-    unreadable; memory-mapped: the weights are not read)."""
-    if not path.is_file():
-        return {}
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable
-        return {}
-    info = (ckpt.get("uda") or {}) if isinstance(ckpt, dict) else {}
-    return {k: v for k, v in info.items() if k not in ("config", "rng")}
 
 
 def recorded_best(path: Path) -> float:

@@ -1,8 +1,9 @@
 """`uda evaluate` and `uda predict`: a trained checkpoint applied to target val or to files.
 
 The configuration comes from the checkpoint (`checkpoint["uda"]["config"]`, the run's resolved
-YAML), optionally overridden by `--config FILE` and `key=value`. Checkpoints are read with
-`torch.load(weights_only=True)`: no code from a checkpoint file is ever executed.
+YAML), optionally overridden by `--config FILE` and `key=value`. Checkpoints are read by
+`uda.checkpoint_io` (`torch.load(weights_only=True)`: no code from a checkpoint file is ever
+executed).
 """
 from __future__ import annotations
 
@@ -18,49 +19,17 @@ from datamodules.datamodule import UDADataModule
 from datamodules.io import DatasetError, read_rgb
 from datamodules.transforms import transform_from_config
 from uda import build
-from uda.config import Config, ConfigError, load_config
+from uda.checkpoint_io import config_for, read_checkpoint
+from uda.config import ConfigError
 from uda.evaluation.export import FORMATS, write_prediction
 from uda.evaluation.inference import predict_labels
 from uda.reporting import ResultsReport
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt files raise various errors
-        raise DatasetError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); "
-                           "it may be corrupt or truncated: use another (e.g. last.ckpt)") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DatasetError(f"{path}: not a uda/Lightning checkpoint (no 'state_dict')")
-    return ckpt
-
-
-def config_for(ckpt: dict, ckpt_path, config_file=None, overrides=None) -> Config:
-    text = (ckpt.get("uda") or {}).get("config")
-    if not text and config_file is None:
-        raise ConfigError(f"{ckpt_path}: checkpoint holds no config; pass --config FILE")
-    return load_config(config_file, overrides, base_text=text, base_name=f"{ckpt_path} (config)")
-
-
-def load_module(ckpt: dict, cfg: Config, ckpt_path):
-    module = build.build_module(cfg)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
-        detail = " ".join(str(e).split())[:400]
-        raise ConfigError(f"{ckpt_path}: weights do not fit the configured model "
-                          f"({cfg.model.name}, method {cfg.method.name}): {detail}; check "
-                          "--config / model.* overrides") from None
-    return module.eval()
-
-
 def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=None) -> dict:
     ckpt = read_checkpoint(checkpoint)
     cfg = config_for(ckpt, checkpoint, config_file, overrides)
-    module = load_module(ckpt, cfg, checkpoint)
+    module = build.load_module(ckpt, cfg, checkpoint)
     if export:
         module.export_dir = Path(export)
     d = cfg.data
@@ -105,7 +74,7 @@ def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=Non
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     ckpt = read_checkpoint(checkpoint)
     cfg = config_for(ckpt, checkpoint, config_file, overrides)
-    module = load_module(ckpt, cfg, checkpoint)
+    module = build.load_module(ckpt, cfg, checkpoint)
     transform = transform_from_config(cfg.data.eval_transform, train=False)
     options = build.eval_options(cfg)
     written = []

@@ -86,7 +86,7 @@ def start_summary(cfg: Config, run_dir: Path, datamodule, trainer,
 
 def end_summary(run_dir: Path, results: dict) -> str:
     """One line: the run directory, its checkpoints and the final-weights mIoU."""
-    from uda.checkpointing import recorded_info
+    from uda.checkpoint_io import recorded_info
     ckpts = run_dir / "checkpoints"
     parts = []
     best = recorded_info(ckpts / "best.ckpt")

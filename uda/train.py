@@ -128,7 +128,7 @@ def train(cfg: Config, resume: str | None = None, print_config: bool = False) ->
     ckpt_path = resume_path(resume, run_dir)
     start, saved = 0, None
     if ckpt_path is not None:
-        from uda.evaluate import read_checkpoint
+        from uda.checkpoint_io import read_checkpoint
         saved = read_checkpoint(ckpt_path)
         start = check_resumable(saved, cfg, ckpt_path)
     config_yaml = to_yaml(cfg)

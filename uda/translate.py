@@ -22,8 +22,8 @@ from datamodules.datasets import DATASETS
 from datamodules.io import write_png_atomic
 from datamodules.transforms import build_transform, transform_from_config
 from uda import build
+from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
-from uda.evaluate import config_for, load_module, read_checkpoint
 from uda.modules.dranet import DRANet
 
 
@@ -40,7 +40,7 @@ def load_translator(checkpoint, config_file=None, overrides=None,
     if cfg.method.name != "dranet":
         raise ConfigError(f"{checkpoint}: method '{cfg.method.name}' has no translator; "
                           "translate needs a DRANet checkpoint")
-    module = load_module(ckpt, cfg, checkpoint)
+    module = build.load_module(ckpt, cfg, checkpoint)
     return module.to(device or default_device()).eval(), cfg
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from datamodules.io import DatasetError
 from datamodules.transforms import SegTransform, transform_from_config
 from uda import build
+from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
 from uda.metrics.confusion import confusion_matrix
 from uda.metrics.report import results_dict
@@ -104,7 +105,6 @@ class Reference:
 def load_reference(path, device=None) -> Reference:
     """The reference segmenter of a checkpoint; ConfigError naming the problem when the file is
     missing, unreadable or not a segmentation checkpoint."""
-    from uda.evaluate import config_for, load_module, read_checkpoint  # (imports build)
     try:
         ckpt = read_checkpoint(path)
     except DatasetError as e:
@@ -116,7 +116,7 @@ def load_reference(path, device=None) -> Reference:
     if not any(k.startswith("segmenter.") for k in ckpt["state_dict"]):
         raise ConfigError(f"reference {path}: the checkpoint holds no segmenter weights")
     cfg = config_for(ckpt, path, overrides=["eval.translation_reference=null"])
-    module = load_module(ckpt, cfg, path).to(device or "cpu")
+    module = build.load_module(ckpt, cfg, path).to(device or "cpu")
     return Reference(module, transform_from_config(cfg.data.eval_transform, train=False),
                      cfg.method.name, str(path))
 
