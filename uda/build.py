@@ -2,6 +2,7 @@
 trainer. Everything it builds takes plain arguments (no config objects past this file)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -316,7 +317,10 @@ def build_strategy(cfg: Config):
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
-                  optimizer_steps_per_iteration: int = 1) -> pl.Trainer:
+                  optimizer_steps_per_iteration: int = 1, last: Sequence = ()) -> pl.Trainer:
+    """The Trainer of a run: `callbacks`, then the logger's (IoU table, panels), then `last`
+    (e.g. uda.translation_callback.for_config: built by the caller, which may import what
+    needs this module)."""
     t = cfg.trainer
     logger = build_logger(cfg, run_dir)
     if logger:
@@ -324,10 +328,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         callbacks = [*callbacks, IoUTable(),
                      panels.PanelLogger(cfg.logger.panels_every, run_dir=run_dir,
                                         mean=tuple(mean), std=tuple(std))]
-    if cfg.method.name == "dranet" and cfg.eval.translation_images > 0:
-        from uda.translation_callback import TranslationQuality
-        callbacks = [*callbacks, TranslationQuality(cfg.eval.translation_images,
-                                                    reference=cfg.eval.translation_reference)]
+    callbacks = [*callbacks, *last]
     # Lightning counts optimizer steps; our max_steps counts iterations.
     val_every = t.val_every if 0 < t.val_every <= t.max_steps else t.max_steps
     callbacks = [QuietLibraries(), *callbacks]

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from uda import build, logging_setup
+from uda import build, logging_setup, translation_callback
 from uda.callbacks import GracefulStop, WriteOnTrainStart
 from uda.checkpointing import AtomicCheckpoint
 from uda.config import Config, ConfigError, resolve_run_dir, to_yaml
@@ -180,7 +180,8 @@ def _fit(cfg: Config, run_dir: Path, config_yaml: str, ckpt_path, start: int, sa
     stop = GracefulStop(ckpt)
     config_file = WriteOnTrainStart(run_dir / "config.yaml", config_yaml)
     trainer = build.build_trainer(cfg, run_dir, [config_file, ckpt, report, stop],
-                                  module.optimizer_steps_per_iteration)
+                                  module.optimizer_steps_per_iteration,
+                                  last=translation_callback.for_config(cfg))
     if rank_zero_only.rank == 0:
         loaded = getattr(module.segmenter, "load_report", None)
         print(start_summary(cfg, run_dir, datamodule, trainer, loaded and loaded.summary()),

@@ -139,3 +139,12 @@ class TranslationQuality(pl.Callback):
         for k, v in self.last_metrics.items():
             pl_module.log(f"{self.prefix}/{k}", v, sync_dist=False, rank_zero_only=True)
         self.seconds.append(time.perf_counter() - start)
+
+
+def for_config(cfg) -> list:
+    """The run's translation-quality callback: [TranslationQuality] for a DRANet run with
+    eval.translation_images > 0, else []."""
+    if cfg.method.name != "dranet" or cfg.eval.translation_images <= 0:
+        return []
+    return [TranslationQuality(cfg.eval.translation_images,
+                               reference=cfg.eval.translation_reference)]
