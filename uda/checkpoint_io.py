@@ -36,14 +36,20 @@ def config_for(ckpt: dict, ckpt_path, config_file=None, overrides=None) -> Confi
     return load_config(config_file, overrides, base_text=text, base_name=f"{ckpt_path} (config)")
 
 
-def recorded_info(path: Path) -> dict:
-    """The `uda` entry of checkpoint `path` without its config and RNG states ({} when absent or
-    unreadable; memory-mapped: the weights are not read)."""
+def peek_checkpoint(path: Path) -> dict | None:
+    """Checkpoint `path` memory-mapped (tensors are read only when used), or None when it is
+    absent, unreadable or not a dict: for looking at a run's own files, never an error."""
     if not path.is_file():
-        return {}
+        return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable
-        return {}
-    info = (ckpt.get("uda") or {}) if isinstance(ckpt, dict) else {}
+        return None
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+def recorded_info(path: Path) -> dict:
+    """The `uda` entry of checkpoint `path` without its config and RNG states ({} when absent or
+    unreadable; the weights are not read)."""
+    info = (peek_checkpoint(path) or {}).get("uda") or {}
     return {k: v for k, v in info.items() if k not in ("config", "rng")}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from itertools import chain
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
+
+from uda.checkpoint_io import peek_checkpoint
 
 # appended to the messages by uda.train, after the last good checkpoint
 ADVICE = "Try a lower learning rate or trainer.precision=32-true"
@@ -28,16 +31,20 @@ class NonFiniteStateError(NonFiniteError):
     """NaN/Inf values in the parameters or buffers (e.g. BatchNorm running_var)."""
 
 
-def nonfinite_tensors(module: nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers holding a NaN or Inf (one host
-    transfer for all of them)."""
-    named = [(name, t) for name, t in chain(module.named_parameters(), module.named_buffers())
-             if t.is_floating_point()]
+def nonfinite_names(named: Iterable[tuple[str, object]]) -> list[str]:
+    """Names of the floating-point tensors of (name, value) pairs that hold a NaN or Inf (one
+    host transfer for all of them; other values are skipped)."""
+    named = [(name, t) for name, t in named if torch.is_tensor(t) and t.is_floating_point()]
     if not named:
         return []
     with torch.no_grad():
         flags = torch.stack([~torch.isfinite(t).all() for _, t in named]).cpu().tolist()
     return [name for (name, _), bad in zip(named, flags) if bad]
+
+
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the module's parameters and buffers holding a NaN or Inf."""
+    return nonfinite_names(chain(module.named_parameters(), module.named_buffers()))
 
 
 def check_finite_state(trainer, module: nn.Module) -> None:
@@ -62,13 +69,11 @@ def last_good_checkpoint(ckpt_dir: Path) -> str:
     last = Path(ckpt_dir) / "last.ckpt"
     if not last.is_file():
         return "no good checkpoint exists (none was written before the failure)"
-    try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        state = ckpt["state_dict"]
-    except Exception:  # noqa: BLE001 - unreadable: not a good checkpoint
+    ckpt = peek_checkpoint(last)
+    state = (ckpt or {}).get("state_dict")
+    if not isinstance(state, dict):  # unreadable: not a good checkpoint
         return f"no good checkpoint exists ({last} cannot be read)"
-    bad = [k for k, v in state.items()
-           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = nonfinite_names(state.items())
     if bad:
         return (f"no good checkpoint exists: {last} holds non-finite values too ({len(bad)} "
                 f"tensor(s), e.g. {bad[0]})")

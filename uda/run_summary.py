@@ -6,13 +6,10 @@ devices, run directory); the full resolved configuration is in the run directory
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-from uda.config import Config
-
-DEBIAS_PARTS = ("style_swap", "cutmix", "classmix", "dacs", "mixup", "selecmix", "lff",
-                "rare_class")
-
+from uda.config import Config, DebiasConfig
 
 def _size(hw) -> str:
     return "native size" if hw is None else "x".join(str(v) for v in hw)
@@ -35,8 +32,9 @@ def model_text(cfg: Config, weights: str | None = None) -> str:
 
 
 def method_text(cfg: Config) -> str:
-    d = cfg.data.debias
-    debias = [name for name in DEBIAS_PARTS if getattr(d, name).enabled]
+    d = cfg.data.debias  # its parts in DebiasConfig's order; `biased` has no `enabled`
+    debias = [f.name for f in fields(DebiasConfig)
+              if getattr(getattr(d, f.name), "enabled", False)]
     return cfg.method.name + (f" + {', '.join(debias)}" if debias else "")
 
 
