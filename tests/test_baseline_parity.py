@@ -30,7 +30,7 @@ from uda.models import SmallSegNet
 from uda.models.discriminators import OutputDiscriminator
 from uda.modules import SourceOnly
 from uda.modules.adversarial import OutputSpaceAdversarial
-from uda.modules.base import OptimSettings
+from uda.methods import OptimConfig
 
 torch.set_num_threads(1)
 
@@ -227,7 +227,7 @@ def official_lr_poly(base_lr, i_iter, max_iter, power):
 
 def test_poly_over_a_horizon_beyond_the_stop_is_the_official_schedule():
     module = OutputSpaceAdversarial(SmallSegNet(num_classes=19, width=8), CLASS_NAMES, d_lr=1e-4,
-                                    max_steps=120000, optim=OptimSettings(poly_horizon=250000))
+                                    max_steps=120000, optim=OptimConfig(poly_horizon=250000))
     (seg, dis), (s_seg, s_dis) = module.configure_optimizers()
     for it in (0, 1, 1000, 119999):
         assert seg.param_groups[0]["initial_lr"] * s_seg.lr_lambdas[0](it) == pytest.approx(

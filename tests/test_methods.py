@@ -5,8 +5,9 @@ import torch
 
 from conftest import shrunk_config
 from uda import build
+from uda.methods import NAMES
 
-METHODS = ["source_only", "oracle", "adversarial", "dranet"]
+METHODS = NAMES  # every method of the table
 
 
 shrunk = shrunk_config

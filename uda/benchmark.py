@@ -23,8 +23,9 @@ from pathlib import Path
 
 from uda.config import ConfigError, load_config
 from uda.io import write_json_atomic, write_text_atomic
+from uda.methods import NAMES
 
-METHODS = ("source_only", "adversarial", "dranet", "oracle")
+METHODS = NAMES  # every method of the table (its toy config: configs/toy/<name>.yaml)
 BASELINE, UPPER = "source_only", "oracle"  # the gap recovered is measured between these two
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "toy"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
+from importlib import import_module
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,6 +13,7 @@ import torch
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from omegaconf import OmegaConf
 from torch import nn
 
 from datamodules.datamodule import UDADataModule
@@ -23,20 +25,15 @@ from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import build_transform, transform_from_config
-from uda import logging_setup, panels
+from uda import logging_setup, methods, panels
 from uda.callbacks import IoUTable, IterationProgressBar, QuietLibraries, SyncBuffers
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.weights import WeightsError, load_matching_weights
-from uda.modules import SourceOnly
-from uda.models.dranet import DRANetTranslator
-from uda.models.perceptual import PerceptualNet
 from uda.models.sync_bn import convert_sync_batchnorm
-from uda.models.translation import PatchDiscriminator
-from uda.modules.adversarial import OutputSpaceAdversarial
-from uda.modules.dranet import DRANet
-from uda.modules.base import OptimSettings, SegmentationModule
+from uda.modules.base import RecipeParts, SegmentationModule
+from uda.modules.dranet import build_translator
 
 
 def build_dataset(domain, split: str, transform, labelled: bool) -> SegmentationDataset:
@@ -50,7 +47,7 @@ def build_datamodule(cfg: Config) -> UDADataModule:
     target_train = build_dataset(d.target, d.target.split,
                                  transform_from_config(d.target_transform, train=True),
                                  labelled=False)  # adaptation methods never read target labels
-    if cfg.method.name == "oracle":  # supervised on labelled target train (toy benchmark only)
+    if methods.method(cfg.method.name).labelled_target:  # the oracle (toy benchmark only)
         source_train = build_dataset(d.target, d.target.split,
                                      transform_from_config(d.target_transform, train=True),
                                      labelled=True)
@@ -164,45 +161,17 @@ def build_module(cfg: Config) -> SegmentationModule:
 
 
 def _build_module(cfg: Config) -> SegmentationModule:
-    o = cfg.method.optim
-    common = dict(max_steps=cfg.trainer.max_steps,
-                  optim=OptimSettings(o.name, o.lr, o.momentum, o.weight_decay, o.poly_power,
-                                      o.poly_horizon),
+    """The recipe of `cfg.method.name`, built by its module's `build` (see uda.methods)."""
+    entry = methods.method(cfg.method.name)
+    common = dict(max_steps=cfg.trainer.max_steps, optim=OmegaConf.to_object(cfg.method.optim),
                   class_subsets=class_subsets(cfg), eval_options=eval_options(cfg),
                   channels_last=cfg.trainer.channels_last,
                   image_mean=tuple(cfg.data.source_transform.mean),
                   image_std=tuple(cfg.data.source_transform.std))
-    if cfg.method.name in ("source_only", "oracle"):
-        return SourceOnly(build_segmenter(cfg), CLASS_NAMES, **common)
-    if cfg.method.name == "adversarial":
-        a = cfg.method.adversarial
-        return OutputSpaceAdversarial(
-            build_segmenter(cfg), CLASS_NAMES, d_lr=a.d_lr, d_width=a.d_width,
-            d_input=a.d_input, gan_loss=a.gan_loss, lambda_adv=a.lambda_adv,
-            multi_level=a.multi_level, lambda_aux_seg=a.lambda_aux_seg,
-            lambda_aux_adv=a.lambda_aux_adv, **common)
-    if cfg.method.name == "dranet":
-        return build_dranet(cfg, common)
-    raise ValueError(f"method.name={cfg.method.name!r} is not available")
-
-
-def build_dranet(cfg: Config, common: dict) -> DRANet:
-    r = cfg.method.dranet
-    translator = build_translator(r)
-    discriminators = {d: PatchDiscriminator(3, width=r.d_width, num_layers=r.d_layers)
-                      for d in ("source", "target")}
-    perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,
-                               style_layers=tuple(r.style_layers), weights=r.perceptual_weights)
-    weights = {"rec": r.w_rec, "adv": r.w_adv, "content": r.w_content, "style": r.w_style,
-               "consistency": r.w_consistency, "layout": r.w_layout, "task_translator": r.w_task_translator,
-               "seg_translated": r.w_seg_translated, "seg_source": r.w_seg_source}
-    return DRANet(build_segmenter(cfg), CLASS_NAMES, translator=translator,
-                  discriminators=discriminators, perceptual=perceptual, weights=weights,
-                  lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
-                  gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
-                  task_to_translator=r.task_to_translator, content_norm=r.content_norm,
-                  checkpointing=r.checkpointing,
-                  layout_means=partial(layout_means, cfg, r.colour_frames), **common)
+    parts = RecipeParts(segmenter=partial(build_segmenter, cfg), class_names=CLASS_NAMES,
+                        common=common, domain_means=partial(layout_means, cfg))
+    settings = cfg.method[entry.name] if entry.settings else None
+    return import_module(entry.recipe).build(settings, parts)
 
 
 def layout_means(cfg: Config, frames: int, size: tuple[int, int]
@@ -236,13 +205,6 @@ def load_module(ckpt: dict, cfg: Config, ckpt_path):
     return module.eval()
 
 
-def build_translator(r) -> DRANetTranslator:
-    """The translator of a `method.dranet` config section."""
-    return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
-                            enc_norm=r.enc_norm, checkpointing=r.checkpointing,
-                            colour_transform=r.colour_transform)
-
-
 def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
     """For training only: load the DRANet translator of data.debias.style_swap.codec_checkpoint
     (methods other than DRANet, which uses its own)."""
@@ -251,7 +213,7 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
         return
     ckpt = read_checkpoint(path)
     ccfg = config_for(ckpt, path)
-    if ccfg.method.name != "dranet":
+    if not methods.method(ccfg.method.name).translator:
         raise ConfigError(f"data.debias.style_swap.codec_checkpoint: {path} is a "
                           f"{ccfg.method.name} checkpoint; the codec needs a DRANet one")
     r = ccfg.method.dranet
@@ -264,7 +226,6 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
 
 def build_logger(cfg: Config, run_dir: Path):
     lg = cfg.logger
-    from omegaconf import OmegaConf
     return logging_setup.build_logger(
         lg.name, run_dir, project=lg.project, name=lg.run_name or run_dir.name, group=lg.group,
         tags=list(lg.tags), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from uda.console import quiet_library_noise
+from uda.methods import NAMES
 
 
 def positive_int(text: str) -> int:
@@ -302,7 +303,8 @@ def make_parser() -> argparse.ArgumentParser:
                          "seed; print target mIoU mean +- std and wall time; write "
                          "OUT/benchmark.json and OUT/benchmark.md.")
     bt.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method")
-    bt.add_argument("--methods", default="source_only,adversarial,dranet,oracle")
+    bt.add_argument("--methods", default=",".join(NAMES),
+                    help=f"comma-separated, from {', '.join(NAMES)} (default: all)")
     bt.add_argument("--data", default="data/toy", help="toy data (generated when absent)")
     bt.add_argument("--out", default="runs/benchmark_toy")
     bt.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "configs" / "toy"),

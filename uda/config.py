@@ -19,6 +19,8 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from uda.methods import METHODS, NAMES, MethodConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and the file (or 'command line')."""
@@ -199,113 +201,9 @@ class ModelConfig:
     aspp_branches: int = 4
 
 
-@dataclass
-class OptimConfig:
-    """SGD with poly decay (lr * (1 - it/horizon)^power), the UDA standard. poly_horizon: the
-    iteration at which the decay would reach 0; None = trainer.max_steps. The official
-    AdaptSegNet / ADVENT / DACS code decays over 250k iterations and stops AdaptSegNet at 150k,
-    ADVENT at 120k (poly_horizon: 250000 with trainer.max_steps: 150000 / 120000)."""
-    name: str = "sgd"
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    poly_horizon: Optional[int] = None
-
-
-@dataclass
-class AdversarialConfig:
-    """Output-space adversarial (AdaptSegNet/ADVENT). d_input: softmax | entropy (ADVENT's
-    self-information maps -p log(p) / log(C)); gan_loss: vanilla | lsgan | hinge; multi_level adds a discriminator
-    on the segmenter's auxiliary (layer3) output (needs a network with an aux head)."""
-    d_lr: float = 1e-4
-    d_width: int = 64
-    d_input: str = "softmax"
-    gan_loss: str = "vanilla"
-    lambda_adv: float = 1e-3
-    multi_level: bool = False
-    lambda_aux_seg: float = 0.1
-    lambda_aux_adv: float = 2e-4
-
-
-@dataclass
-class DRANetConfig:
-    """DRANet (Lee et al. CVPR 2021). One architecture at every scale (configs/methods/dranet.yaml
-    holds the method's switches and loss weights; the toy and real configs change sizes only).
-
-    Translator: encoder (4x4 stride-2 stem of `width` channels, num_down - 1 further stride-2
-    stages, `num_res` residual blocks, `enc_norm` normalisation), separator, and a
-    style-modulated generator (AdaIN at every stage, no batch statistics) with a sub-pixel
-    output; features have width * 2**num_down channels at 1/2**num_down. Discriminators:
-    PatchGAN (`d_width`, `d_layers`, spectral norm) per domain, loss `gan_loss`
-    (hinge | lsgan | vanilla). Perceptual: `perceptual` = lite (random conv features, CPU/toy;
-    not a pretrained metric) | vgg19 (`perceptual_weights` = local torchvision vgg19 state
-    dict). CADT attention temperature `cadt_temperature`. Loss weights w_*; the task network
-    trains on source translated to the target style (w_seg_translated) and on raw source
-    (w_seg_source). task_to_translator: the translated-image task loss also trains E/S/G
-    (w_task_translator). content_norm: compare perceptual content on instance-normalised
-    features (per-channel statistics are style; without it the content loss opposes the
-    translation). checkpointing: activation checkpointing of the generator and of the
-    perceptual network on translated images: their activations are recomputed in backward
-    instead of being kept (less memory, a little more time; results unchanged).
-    colour_transform: a translation is a global affine colour map of the source image (the
-    domain map fitted to the domains' mean layouts, refined per image from the two style
-    codes) plus the generator's one-channel detail added in tanh-logit space; false: the
-    generator paints the image from the content map alone (the official code).
-    colour_frames: how many whole training frames per domain give the mean thumbnails (8x16
-    mean colours by position) that the domain colour map is fitted to, once at the start.
-    w_layout (with colour_transform): each image's colour map must take the source domain's
-    mean thumbnail to the target's (uda.losses.translation.layout_colour_loss).
-    Optimizers: Adam(lr_translator, betas) for E/S/G, Adam(lr_d, betas) for D."""
-    width: int = 32
-    num_down: int = 1
-    num_res: int = 2
-    enc_norm: str = "batch"
-    d_width: int = 64
-    d_layers: int = 3
-    gan_loss: str = "lsgan"
-    perceptual: str = "lite"
-    perceptual_weights: Optional[str] = None
-    content_layer: str = "relu3_1"
-    content_norm: bool = True
-    style_layers: List[str] = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1"])
-    cadt_temperature: float = 0.1
-    lr_translator: float = 2e-4
-    lr_d: float = 2e-4
-    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
-    w_rec: float = 10.0
-    w_adv: float = 1.0
-    w_content: float = 1.0
-    w_style: float = 1.0
-    w_consistency: float = 1.0
-    w_seg_translated: float = 1.0
-    w_seg_source: float = 1.0
-    task_to_translator: bool = False
-    w_task_translator: float = 0.1
-    checkpointing: bool = False
-    colour_transform: bool = False
-    w_layout: float = 10.0
-    colour_frames: int = 256
-
-
-# Keys that existed once: a clear error instead of "key not in the schema".
-_REMOVED_KEYS = {
-    "method.dranet.gen_norm": "the DRANet generator is always style-modulated (AdaIN, no batch "
-                              "statistics); delete the key (the encoder's is method.dranet.enc_norm)",
-    "method.dranet.style_mod": "the DRANet generator is always style-modulated (AdaIN); delete "
-                               "the key",
-}
-
-
-@dataclass
-class MethodConfig:
-    """Training recipe. name in {source_only, oracle, adversarial, dranet}; `optim` is the task
-    network's optimizer; `adversarial` and `dranet` hold those methods' settings (ignored by
-    the others)."""
-    name: str = "source_only"
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    dranet: DRANetConfig = field(default_factory=DRANetConfig)
+# Keys that existed once: a clear error instead of "key not in the schema" (the methods' own
+# come from the table of methods).
+_REMOVED_KEYS = {f"method.{m.name}.{k}": why for m in METHODS for k, why in m.removed.items()}
 
 
 @dataclass
@@ -465,12 +363,8 @@ _CHOICES = {
     "model.layout": ("torchvision", "caffe"),
     "model.input_convention": ("imagenet_rgb", "caffe_bgr"),
     "model.upsample": ("bilinear", "deconv"),
-    "method.name": ("source_only", "oracle", "adversarial", "dranet"),
-    "method.dranet.enc_norm": ("batch", "bin", "instance", "none"),
-    "method.dranet.gan_loss": ("vanilla", "lsgan", "hinge"),
-    "method.dranet.perceptual": ("lite", "vgg19"),
-    "method.adversarial.d_input": ("softmax", "entropy"),
-    "method.adversarial.gan_loss": ("vanilla", "lsgan", "hinge"),
+    "method.name": NAMES,
+    **{f"method.{m.name}.{k}": v for m in METHODS for k, v in m.choices.items()},
     "method.optim.name": ("sgd", "adam"),
     "data.debias.style_swap.donor": ("target", "source"),
     "data.debias.dacs.pseudo_weight": ("image", "batch"),
@@ -511,15 +405,11 @@ def _validate(cfg: DictConfig) -> None:
                           f"{cfg.trainer.max_steps}: the learning rate would be 0 for the last "
                           f"iterations; set poly_horizon >= max_steps or null (= max_steps)")
     _validate_accelerator(cfg.trainer.accelerator)
-    if cfg.method.name == "adversarial" and cfg.method.adversarial.multi_level \
-            and not (cfg.model.name == "deeplabv2" and cfg.model.multi_level):
-        raise ConfigError("method.adversarial.multi_level=true needs a network with an auxiliary "
-                          "head: model.name=deeplabv2 model.multi_level=true")
+    chosen = next(m for m in METHODS if m.name == cfg.method.name)
+    problem = chosen.check(cfg) if chosen.check else None
+    if problem:
+        raise ConfigError(problem)
     r = cfg.method.dranet
-    if cfg.method.name == "dranet" and r.perceptual == "vgg19" and not r.perceptual_weights:
-        raise ConfigError("method.dranet.perceptual=vgg19 needs method.dranet.perceptual_weights "
-                          "(a local torchvision vgg19 state dict): a random VGG is no perceptual "
-                          "metric; perceptual=lite is meant for toy/CPU runs")
     if r.perceptual_weights and not Path(r.perceptual_weights).is_file():
         raise ConfigError(f"method.dranet.perceptual_weights: file {r.perceptual_weights} not found")
     if cfg.model.freeze_bn and not cfg.model.pretrained:

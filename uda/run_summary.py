@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from uda.config import Config, DebiasConfig
+from uda.methods import method
 
 def _size(hw) -> str:
     return "native size" if hw is None else "x".join(str(v) for v in hw)
@@ -58,7 +59,7 @@ def start_summary(cfg: Config, run_dir: Path, datamodule, trainer,
                   weights: str | None = None) -> str:
     """Six lines: what this run does and where it writes (``weights``: see `model_text`)."""
     d, t = cfg.data, cfg.trainer
-    if cfg.method.name == "oracle":  # trained on labelled target train
+    if method(cfg.method.name).labelled_target:  # the oracle
         source = f"source  = labelled target train ({len(datamodule.source_train)} images)"
     else:
         source = (f"source  {d.source.dataset} {d.source.root} ({d.source.split}: "

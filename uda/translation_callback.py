@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
+from uda.methods import method
 from uda.metrics.style_distance import style_distances
 from uda.models.modes import eval_mode
 
@@ -142,9 +143,9 @@ class TranslationQuality(pl.Callback):
 
 
 def for_config(cfg) -> list:
-    """The run's translation-quality callback: [TranslationQuality] for a DRANet run with
-    eval.translation_images > 0, else []."""
-    if cfg.method.name != "dranet" or cfg.eval.translation_images <= 0:
+    """The run's translation-quality callback: [TranslationQuality] for a run whose method
+    trains a translator (DRANet) with eval.translation_images > 0, else []."""
+    if not method(cfg.method.name).translator or cfg.eval.translation_images <= 0:
         return []
     return [TranslationQuality(cfg.eval.translation_images,
                                reference=cfg.eval.translation_reference)]

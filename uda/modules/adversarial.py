@@ -27,7 +27,7 @@ from torch import nn
 from uda.losses.entropy import self_information
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.models.discriminators import OutputDiscriminator
-from uda.modules.base import SegmentationModule
+from uda.modules.base import RecipeParts, SegmentationModule
 
 log = logging.getLogger(__name__)
 SOURCE_LABEL, TARGET_LABEL = 0, 1  # D's labels, as the official AdaptSegNet / ADVENT code
@@ -143,3 +143,11 @@ def flip_discriminator_labels(module: OutputSpaceAdversarial, checkpoint: dict) 
     checkpoint["discriminator_labels"] = D_LABELS
     log.warning("checkpoint written before the discriminators read source as 0 (the official "
                 "AdaptSegNet / ADVENT labels): their last layers were converted to those labels")
+
+
+def build(a, parts: RecipeParts) -> OutputSpaceAdversarial:
+    """The recipe of a `method.adversarial` settings section."""
+    return OutputSpaceAdversarial(
+        parts.segmenter(), parts.class_names, d_lr=a.d_lr, d_width=a.d_width, d_input=a.d_input,
+        gan_loss=a.gan_loss, lambda_adv=a.lambda_adv, multi_level=a.multi_level,
+        lambda_aux_seg=a.lambda_aux_seg, lambda_aux_adv=a.lambda_aux_adv, **parts.common)

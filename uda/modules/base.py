@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
 from uda.metrics.report import results_dict
+from uda.methods import OptimConfig
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin
@@ -38,19 +39,21 @@ def poly_lambda(max_steps: int, power: float):
     return lambda it: max(0.0, 1.0 - it / max_steps) ** power
 
 
-@dataclass(frozen=True)
-class OptimSettings:
-    """The task network's optimizer: SGD (or Adam with betas (momentum, 0.99)), poly decay over
-    poly_horizon iterations (None: the run's max_steps)."""
-    name: str = "sgd"
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    poly_horizon: Optional[int] = None
+@dataclass
+class RecipeParts:
+    """What `uda.build` hands a recipe module's `build(settings, parts)` (settings: the method's
+    `method.<name>` config section, None for methods without one):
+    segmenter() a new task network (weights loaded, BN options applied) at each call;
+    common: SegmentationModule's keyword arguments (max_steps, optim, eval options, ...);
+    domain_means(frames, size): (source, target) mean thumbnails (3, *size) in [-1, 1] of up to
+    `frames` whole training frames per domain, and the number of frames averaged."""
+    segmenter: Callable[[], nn.Module]
+    class_names: Sequence[str]
+    common: dict
+    domain_means: Callable[[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, int]]
 
 
-def build_optimizer(params, o: OptimSettings):
+def build_optimizer(params, o: OptimConfig):
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "adam":
@@ -73,7 +76,7 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
     optimizer_steps_per_iteration = 1
 
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str], max_steps: int = 1,
-                 optim: OptimSettings = OptimSettings(),
+                 optim: OptimConfig = OptimConfig(),
                  class_subsets: Mapping[str, Sequence[int]] | None = None,
                  eval_options: Mapping[str, Any] | None = None, channels_last: bool = False,
                  image_mean: Sequence[float] = (0.485, 0.456, 0.406),

@@ -14,6 +14,7 @@ Images from the datamodule are normalised with (mean, std); the translator works
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -26,8 +27,8 @@ from uda.losses.translation import (consistency_loss, content_loss, gram_matrix,
                                     layout_colour_loss, reconstruction_loss, style_loss)
 from uda.models.dranet import DRANetTranslator
 from uda.models.perceptual import PerceptualNet
-from uda.models.translation import cadt_mix
-from uda.modules.base import SegmentationModule, forward_keeping_buffers
+from uda.models.translation import PatchDiscriminator, cadt_mix
+from uda.modules.base import RecipeParts, SegmentationModule, forward_keeping_buffers
 
 DOMAINS = ("source", "target")
 
@@ -219,3 +220,31 @@ class DRANet(SegmentationModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in {**g_losses, **t_losses}.items()})
         self.log("train/loss_d", loss_d.detach())
         self.log("train/loss_seg", t_losses["seg_translated"].detach(), prog_bar=True)
+
+
+def build_translator(r) -> DRANetTranslator:
+    """The translator of a `method.dranet` settings section."""
+    return DRANetTranslator(width=r.width, num_down=r.num_down, num_res=r.num_res,
+                            enc_norm=r.enc_norm, checkpointing=r.checkpointing,
+                            colour_transform=r.colour_transform)
+
+
+def build(r, parts: RecipeParts) -> DRANet:
+    """The recipe of a `method.dranet` settings section (translator, one PatchGAN per domain,
+    perceptual network, then the task network: that order fixes the random initialisation)."""
+    translator = build_translator(r)
+    discriminators = {d: PatchDiscriminator(3, width=r.d_width, num_layers=r.d_layers)
+                      for d in DOMAINS}
+    perceptual = PerceptualNet(r.perceptual, content_layer=r.content_layer,
+                               style_layers=tuple(r.style_layers), weights=r.perceptual_weights)
+    weights = {"rec": r.w_rec, "adv": r.w_adv, "content": r.w_content, "style": r.w_style,
+               "consistency": r.w_consistency, "layout": r.w_layout,
+               "task_translator": r.w_task_translator, "seg_translated": r.w_seg_translated,
+               "seg_source": r.w_seg_source}
+    return DRANet(parts.segmenter(), parts.class_names, translator=translator,
+                  discriminators=discriminators, perceptual=perceptual, weights=weights,
+                  lr_translator=r.lr_translator, lr_d=r.lr_d, betas=tuple(r.betas),
+                  gan_loss=r.gan_loss, cadt_temperature=r.cadt_temperature,
+                  task_to_translator=r.task_to_translator, content_norm=r.content_norm,
+                  checkpointing=r.checkpointing,
+                  layout_means=partial(parts.domain_means, r.colour_frames), **parts.common)

@@ -2,7 +2,7 @@
 (the same recipe fed labelled target-train images as its "source"; toy benchmark only)."""
 from __future__ import annotations
 
-from uda.modules.base import SegmentationModule
+from uda.modules.base import RecipeParts, SegmentationModule
 
 
 class SourceOnly(SegmentationModule):
@@ -22,3 +22,9 @@ class SourceOnly(SegmentationModule):
         self.log("train/loss_seg", loss_seg.detach(), prog_bar=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in extra.items()})
         self.log("train/lr", sched.get_last_lr()[0])
+
+
+def build(settings: None, parts: RecipeParts) -> SourceOnly:
+    """source_only and oracle: the same recipe (the datamodule feeds the oracle labelled target
+    images as its source)."""
+    return SourceOnly(parts.segmenter(), parts.class_names, **parts.common)
