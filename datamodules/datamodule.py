@@ -4,10 +4,13 @@ Training batch contract (after default collation), per rank:
   {"source": {"image": (B,3,h,w) float32, "mask": (B,h,w) int64, "name": [str],
               "index": (B,) int64 dataset index},
    "target": {"image": (B,3,h,w) float32, "name": [str], "index": (B,) int64}}
-(for the oracle, "source" holds labelled target-train images). With a `DebiasPipeline`, the
-training batch is augmented on device after transfer (keys added there: see
-`datamodules.debias.pipeline`), seeded by (seed, rank, iteration); its LfF statistics are part
-of the datamodule's checkpoint state. Validation batch:
+(for the oracle, "source" holds labelled target-train images). After transfer (`augment`)
+the training batch also holds "seed": int, the augmentation seed of this iteration on this rank
+(derived from (seed, rank, iteration): reproducible, resumable, different on each rank), which
+seeds the debiasing mixers and the recipes' own random mixing (self-training's ClassMix). With a
+`DebiasPipeline`, the batch is augmented on device (keys added there: see
+`datamodules.debias.pipeline`); its LfF statistics are part of the datamodule's checkpoint
+state. Validation batch:
   {"image": (B,3,h,w) float32 at inference size, "mask": (B,H,W) int64 at label resolution,
    "name": [str]}
 The datasets are built by the caller (config-agnostic here); the train datasets may be None
@@ -102,12 +105,14 @@ class UDADataModule(pl.LightningDataModule):
     def augment(self, batch: dict, iteration: int) -> dict:
         """The debiasing augmentations of training iteration `iteration` (on device). Called by
         the LightningModule's `on_after_batch_transfer` (Lightning runs only one of the two
-        hooks, the datamodule's when both exist, so this one is not a hook)."""
-        if not self.debias or "source" not in batch:
+        hooks, the datamodule's when both exist, so this one is not a hook). Adds the
+        iteration's seed as batch["seed"]."""
+        if "source" not in batch:
             return batch
         rank, _ = self._rank_world()
         seed = int(np.random.SeedSequence([self.seed, rank, iteration, 11]).generate_state(1)[0])
-        return self.debias.apply(batch, seed)
+        batch = {**batch, "seed": seed}
+        return self.debias.apply(batch, seed) if self.debias else batch
 
     def state_dict(self) -> dict:
         lff = self.debias.lff if self.debias else None

@@ -19,7 +19,7 @@ from torch import nn
 from datamodules.datamodule import UDADataModule
 from datamodules.debias.callback import DebiasCallback
 from datamodules.debias.lff import LfFWeights
-from datamodules.debias.pipeline import (DACS, ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
+from datamodules.debias.pipeline import (ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
                                          StyleSwap)
 from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
 from datamodules.datasets import DATASETS, SegmentationDataset
@@ -79,8 +79,6 @@ def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
         mixers.append(CutMix(d.cutmix.p, d.cutmix.alpha))
     if d.classmix.enabled:
         mixers.append(ClassMix(d.classmix.p))
-    if d.dacs.enabled:
-        mixers.append(DACS(d.dacs.threshold, per_image=d.dacs.pseudo_weight == "image"))
     if d.mixup.enabled:
         mixers.append(Mixup(d.mixup.p, d.mixup.alpha))
     if d.selecmix.enabled:
@@ -147,11 +145,9 @@ def eval_options(cfg: Config) -> dict:
 def build_module(cfg: Config) -> SegmentationModule:
     module = _build_module(cfg)
     d = cfg.data.debias
-    if d.dacs.enabled or d.lff.enabled or d.selecmix.enabled:
-        module.attach_debias(teacher=d.dacs.enabled,
-                             biased=build_segmenter(cfg) if (d.lff.enabled or d.selecmix.enabled) else None,
-                             gce_q=d.biased.q, w_biased=d.biased.weight, w_dacs=d.dacs.weight,
-                             teacher_ema=d.dacs.ema, lff=d.lff.enabled)
+    if d.lff.enabled or d.selecmix.enabled:
+        module.attach_debias(biased=build_segmenter(cfg), gce_q=d.biased.q,
+                             w_biased=d.biased.weight, lff=d.lff.enabled)
     module.max_nonfinite_skips = cfg.trainer.max_nonfinite_skips
     if cfg.trainer.sync_batchnorm:
         accel = cfg.trainer.accelerator

@@ -79,20 +79,6 @@ class StyleSwapConfig:
 
 
 @dataclass
-class DACSConfig:
-    """DACS cross-domain ClassMix: half the classes of each source image pasted on a target image
-    whose other pixels take the EMA teacher's pseudo-labels, weighted by the fraction of pixels
-    above `threshold` confidence; the loss term has weight `weight`. Teacher EMA decay `ema`.
-    pseudo_weight: image (that fraction per target image) | batch (one fraction over the whole
-    batch, as the official DACS and DAFormer code compute it)."""
-    enabled: bool = False
-    threshold: float = 0.968
-    ema: float = 0.99
-    weight: float = 1.0
-    pseudo_weight: str = "image"
-
-
-@dataclass
 class SelecMixConfig:
     """SelecMix: mixup of each source image (probability p) with the batch image whose biased
     features are least similar (a different bias), lam = lam_max * Beta(alpha, alpha) kept for
@@ -131,13 +117,12 @@ class RareClassConfig:
 @dataclass
 class DebiasConfig:
     """Debiasing augmentations (datamodules/debias). Applied on device to each training batch in
-    a fixed order: style_swap, cutmix, classmix (within source), dacs (source onto target), then
-    one blend: mixup or selecmix. lff re-weights the source loss; rare_class changes the source
+    a fixed order: style_swap, cutmix, classmix (within source), then one blend: mixup or
+    selecmix. (DACS, source pasted onto pseudo-labelled target, is the self_training method.) lff re-weights the source loss; rare_class changes the source
     sampling. All randomness is seeded by (seed, rank, iteration): resumable and DDP-safe."""
     style_swap: StyleSwapConfig = field(default_factory=StyleSwapConfig)
     cutmix: MixConfig = field(default_factory=MixConfig)
     classmix: MixConfig = field(default_factory=MixConfig)
-    dacs: DACSConfig = field(default_factory=DACSConfig)
     mixup: MixConfig = field(default_factory=lambda: MixConfig(alpha=0.4))
     selecmix: SelecMixConfig = field(default_factory=SelecMixConfig)
     lff: LfFConfig = field(default_factory=LfFConfig)
@@ -204,6 +189,10 @@ class ModelConfig:
 # Keys that existed once: a clear error instead of "key not in the schema" (the methods' own
 # come from the table of methods).
 _REMOVED_KEYS = {f"method.{m.name}.{k}": why for m in METHODS for k, why in m.removed.items()}
+_REMOVED_KEYS["data.debias.dacs"] = (
+    "DACS (an EMA teacher's pseudo-labels on target images with source classes pasted) is the "
+    "self-training recipe: method.name=self_training with method.self_training.{threshold, ema, "
+    "weight, pseudo_weight} (see configs/toy/self_training.yaml)")
 
 
 @dataclass
@@ -299,8 +288,9 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
-        if key in _REMOVED_KEYS:
-            raise ConfigError(f"{source}: '{key}' was removed: {_REMOVED_KEYS[key]}") from None
+        removed = next((k for k in _REMOVED_KEYS if key == k or key.startswith(k + ".")), None)
+        if removed:
+            raise ConfigError(f"{source}: '{key}' was removed: {_REMOVED_KEYS[removed]}") from None
         raise ConfigError(f"{source}: invalid key '{key}': {msg}") from None
 
 
@@ -367,7 +357,6 @@ _CHOICES = {
     **{f"method.{m.name}.{k}": v for m in METHODS for k, v in m.choices.items()},
     "method.optim.name": ("sgd", "adam"),
     "data.debias.style_swap.donor": ("target", "source"),
-    "data.debias.dacs.pseudo_weight": ("image", "batch"),
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "eval.mode": ("whole", "slide"),
@@ -486,15 +475,14 @@ def _validate_debias(cfg: DictConfig) -> None:
         raise ConfigError("data.debias.style_swap.alpha_range must be [min, max] within [0, 1], "
                           f"got {list(d.style_swap.alpha_range)}")
     codec = d.style_swap.codec_checkpoint
-    if d.style_swap.enabled and cfg.method.name != "dranet" and not codec:
+    own_codec = next(m for m in METHODS if m.name == cfg.method.name).translator
+    if d.style_swap.enabled and not own_codec and not codec:
         raise ConfigError(f"data.debias.style_swap with method.name={cfg.method.name} needs "
                           "data.debias.style_swap.codec_checkpoint (a DRANet run's checkpoint): "
                           "only DRANet has its own style codec")
-    if d.style_swap.enabled and cfg.method.name == "dranet" and codec:
+    if d.style_swap.enabled and own_codec and codec:
         raise ConfigError("data.debias.style_swap.codec_checkpoint is for other methods: DRANet "
                           "swaps styles with the translator it trains; unset it")
-    if d.dacs.enabled and cfg.method.name == "oracle":
-        raise ConfigError("data.debias.dacs mixes source onto target: not for method.name=oracle")
     if not 0 < d.lff.ema < 1 or d.biased.q <= 0:
         raise ConfigError("data.debias.lff.ema must be in (0, 1) and data.debias.biased.q > 0")
 

@@ -1,24 +1,16 @@
 """`DebiasCallback`: the only writer of the debiasing state that outlives a training step.
 
-After each training batch: the EMA teacher (DACS) moves towards the student with decay
-min(1 - 1 / (iteration + 1), ema) (DACS / DAFormer warm-up), and the LfF statistics held by the
-datamodule take the batch's per-(image, class) losses that the module computed (and previewed
-for its weights), then merge the updates of all DDP ranks. A no-op without data.debias.
+After each training batch, the LfF statistics held by the datamodule take the batch's
+per-(image, class) losses that the module computed (and previewed for its weights), then merge
+the updates of all DDP ranks. A no-op without data.debias.lff.
 """
 from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from datamodules.debias.mixing import ema_update_
-
 
 class DebiasCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        teacher = getattr(pl_module, "teacher", None)
-        if teacher is not None:
-            it = pl_module.iteration
-            alpha = min(1.0 - 1.0 / (it + 1), pl_module.debias_settings["teacher_ema"])
-            ema_update_(teacher, pl_module.segmenter, alpha)
         pipeline = getattr(trainer.datamodule, "debias", None)
         pending = getattr(pl_module, "lff_batch", None)
         if pipeline is not None and pipeline.lff is not None:

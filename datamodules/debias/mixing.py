@@ -7,11 +7,11 @@ Conventions shared by every function here:
   inputs (pixels are only *copied* from one mask or the other);
 - all randomness comes from the `generator` argument (a `torch.Generator` on the device the
   tensors live on, or on the CPU for CPU tensors): the same generator state gives the same output;
-- inputs are never modified in place (except `ema_update_`, whose name says so).
+- inputs are never modified in place.
 
 References: Mixup (Zhang et al., ICLR 2018), CutMix (Yun et al., ICCV 2019), ClassMix (Olsson
-et al., WACV 2021), DACS (Tranheden et al., WACV 2021) and its mean-teacher pseudo-labels as
-used by DAFormer (Hoyer et al., CVPR 2022).
+et al., WACV 2021), DACS (Tranheden et al., WACV 2021; its pseudo-labels are given: the
+self-training recipe computes them, uda.losses.pseudo_label).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import nn
 
 IGNORE_INDEX = 255
 
@@ -211,36 +210,3 @@ def classmix(x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor,
             w = w.view(-1, 1, 1)
         w = w.expand_as(y)
     return x, y, torch.where(m, torch.ones_like(w), w)
-
-
-def pseudo_label(teacher_logits: torch.Tensor, threshold: float = 0.968,
-                 per_image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-labels and their confidence weight from a (mean) teacher's logits.
-
-    teacher_logits (B,C,H,W) or (B,C). Returns labels (B,H,W) / (B,) int64 = argmax, and
-    weight (B,) float32 = fraction of the image's pixels whose max softmax probability is
-    >= threshold (DACS / DAFormer; for (B,C) it is 0 or 1). DACS and DAFormer compute that
-    fraction over the whole batch: per_image=False gives that value for every image.
-    """
-    prob = torch.softmax(teacher_logits.detach().float(), dim=1)
-    conf, labels = prob.max(dim=1)
-    above = (conf >= threshold).float().reshape(conf.shape[0], -1)
-    weight = above.mean(1) if per_image else above.mean().expand(conf.shape[0]).clone()
-    return labels, weight
-
-
-@torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, alpha: float) -> nn.Module:
-    """Mean teacher, in place: p_t <- alpha * p_t + (1 - alpha) * p_s for every parameter
-    (trainable or not); buffers (BatchNorm running statistics) are left as they are, as in the
-    official DACS and DAFormer code, whose teacher normalises with batch statistics.
-
-    Both modules must have the same parameter names and shapes. DACS / DAFormer use
-    alpha = min(1 - 1 / (step + 1), 0.99) to warm up. Returns `teacher`.
-    """
-    tp, sp = dict(teacher.named_parameters()), dict(student.named_parameters())
-    if tp.keys() != sp.keys() or any(p.shape != sp[n].shape for n, p in tp.items()):
-        raise ValueError("teacher and student have different parameters")
-    for name, p in tp.items():
-        p.mul_(alpha).add_(sp[name].detach().to(p.dtype), alpha=1 - alpha)
-    return teacher

@@ -9,12 +9,10 @@ Batch contract (see `datamodules.datamodule`), extended here:
   batch["source"]: image (B,3,h,w), mask (B,h,w), index (B,) dataset indices, and after a
       blend (mixup / selecmix) also mask_b (B,h,w) and lam (B,): the loss is
       lam * CE(mask) + (1 - lam) * CE(mask_b) (`mixed_loss`);
-  batch["mixed"] (DACS only): image (B,3,h,w), mask (B,h,w), weight (B,h,w) float.
 Pixel-pasting mixers keep every mask equal to the source mask wherever source pixels were
 pasted. Images are dataset-normalised throughout.
 
 Registered callables (`register`), all without gradients:
-  teacher(x) -> logits (B,C,h,w)               DACS pseudo-labels
   bias_features(x) -> (B,D)                    SelecMix partner choice
   style_codec(x_content, x_style, alpha, donor) -> x   style swap: alpha (B,) in [0, 1],
                                                donor: the domain of x_style
@@ -27,8 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from datamodules.debias.lff import LfFWeights
-from datamodules.debias.mixing import (class_mix_mask, classmix, cutmix, mixup, pseudo_label,
-                                       sample_beta)
+from datamodules.debias.mixing import class_mix_mask, cutmix, mixup, sample_beta
 from datamodules.debias.selecmix import select_contradicting
 
 Hooks = dict[str, Callable]
@@ -111,25 +108,6 @@ class ClassMix:
         m = class_mix_mask(y[perm], g) & _chosen(self.p, x.shape[0], g, x.device).view(-1, 1, 1)
         return {**batch, "source": {**src, "image": torch.where(m.unsqueeze(1), x[perm], x),
                                     "mask": torch.where(m, y[perm], y)}}
-
-
-class DACS:
-    """Source classes pasted on target images labelled by the teacher -> batch["mixed"].
-    per_image: each target image's pseudo-labels weighted by its own confident fraction;
-    False: one fraction over the batch (the official DACS / DAFormer code)."""
-    name, requires = "dacs", "teacher"
-
-    def __init__(self, threshold: float = 0.968, per_image: bool = True):
-        self.threshold, self.per_image = threshold, per_image
-
-    def __call__(self, batch, g, hooks):
-        x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
-        x_t = batch["target"]["image"]
-        with torch.no_grad():
-            logits = _need(hooks, self)(x_t)
-        y_t, w_t = pseudo_label(logits, self.threshold, per_image=self.per_image)
-        x, y, w = classmix(x_s, y_s, x_t, y_t, g, weight_tgt=w_t)
-        return {**batch, "mixed": {"image": x, "mask": y, "weight": w}}
 
 
 class Mixup:

@@ -96,7 +96,6 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
         self.val_metric = ConfusionMatrixMetric(len(self.class_names))
         self.last_results: dict | None = None
         self.last_results_step = -1  # iteration at which last_results were computed
-        self.teacher: nn.Module | None = None  # see DebiasMixin.attach_debias
         self.biased: nn.Module | None = None
         self.debias_settings: dict = {}
         self._codec = None  # a frozen DRANet translator; not part of the state_dict

@@ -1,19 +1,17 @@
 """Debiasing inside the training recipes (data.debias; the augmentations themselves are in
 `datamodules.debias`).
 
-The module owns the model-in-the-loop parts: an EMA teacher (DACS), a GCE-trained biased
-network (LfF, SelecMix) and a style codec (style swap: DRANet's own translator, or a frozen one
+The module owns the model-in-the-loop parts: a GCE-trained biased network (LfF, SelecMix) and
+a style codec (style swap: DRANet's own translator, or a frozen one
 from a DRANet checkpoint). At fit start it registers them as callables with the datamodule's
 `DebiasPipeline`, which augments each training batch after transfer. Recipes compute their
 source loss with `source_loss` (blended label pairs, LfF pixel weights) and add
-`debias_losses` (the biased network's GCE, the DACS mixed-image CE) to their task step; both
-are plain values without data.debias. `DebiasCallback` moves the teacher and writes the LfF
-statistics. Mixed into `SegmentationModule` (which sets teacher, biased, debias_settings,
-_codec in its __init__).
+`debias_losses` (the biased network's GCE) to their task step; both are plain values without
+data.debias. `DebiasCallback` writes the LfF statistics. Mixed into `SegmentationModule`
+(which sets biased, debias_settings, _codec in its __init__). Self-training's EMA teacher is
+not debiasing: see uda.models.ema_teacher and the self_training recipe.
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -21,21 +19,16 @@ from torch import nn
 
 from datamodules.debias.lff import gce_loss
 from datamodules.debias.mixing import mixed_loss
-from uda.losses import segmentation_ce
 from uda.models.modes import eval_mode
 
 
 class DebiasMixin:
-    def attach_debias(self, teacher: bool = False, biased: nn.Module | None = None,
-                      gce_q: float = 0.7, w_biased: float = 1.0, w_dacs: float = 1.0,
-                      teacher_ema: float = 0.99, lff: bool = False) -> None:
-        """teacher: keep an EMA copy of the segmenter (DACS); biased: a fresh network trained
-        with GCE(q) at weight w_biased (LfF, SelecMix); lff: weight the source CE by LfF."""
-        if teacher:
-            self.teacher = copy.deepcopy(self.segmenter).requires_grad_(False)
+    def attach_debias(self, biased: nn.Module | None = None, gce_q: float = 0.7,
+                      w_biased: float = 1.0, lff: bool = False) -> None:
+        """biased: a fresh network trained with GCE(q) at weight w_biased (LfF, SelecMix); lff:
+        weight the source CE by LfF."""
         self.biased = biased
-        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, w_dacs=w_dacs,
-                                    teacher_ema=teacher_ema, lff=lff)
+        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, lff=lff)
 
     def set_style_codec(self, translator: nn.Module) -> None:
         """A DRANet translator used (frozen) as the style-swap codec; not saved with the module."""
@@ -66,20 +59,9 @@ class DebiasMixin:
             raise RuntimeError("style swap needs a DRANet codec (set_style_codec)")
         return self._codec
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The EMA teacher's logits as DACS and DAFormer compute them: every layer in the
-        student's mode, dropout off. A BatchNorm that trains in the student normalises with the
-        target batch's own statistics (and moves only the teacher's running statistics, which
-        nothing reads); a frozen one (model.freeze_bn) keeps its fixed statistics."""
-        for t, s in zip(self.teacher.modules(), self.segmenter.modules()):
-            t.training = s.training and not isinstance(t, nn.modules.dropout._DropoutNd)
-        return self.teacher(x)
-
     def debias_hooks(self) -> dict:
         """The callables offered to the datamodule's debias pipeline."""
         hooks = {}
-        if self.teacher is not None:
-            hooks["teacher"] = self.teacher_logits
         if self.biased is not None:
             hooks["bias_features"] = lambda x: self.biased(x, return_features=True)[1]["enc"].mean((2, 3))
         if self._codec is not None or getattr(self, "translator", None) is not None:
@@ -132,8 +114,7 @@ class DebiasMixin:
         return cached[1]
 
     def debias_losses(self, batch) -> dict[str, torch.Tensor]:
-        """Extra task-step terms, already weighted: the biased network's GCE on the source and
-        the DACS mixed-image CE (pixel-weighted by the teacher's confidence)."""
+        """Extra task-step terms, already weighted: the biased network's GCE on the source."""
         out = {}
         src = batch["source"]
         if self.biased is not None:
@@ -141,8 +122,4 @@ class DebiasMixin:
             gce = gce_loss(self.biased_logits(src), src["mask"], self.debias_settings["gce_q"])
             self._biased_out = None  # the step's last use
             out["gce_biased"] = self.debias_settings["w_biased"] * gce[valid].sum() / valid.sum().clamp(min=1)
-        if "mixed" in batch:
-            m = batch["mixed"]
-            out["dacs"] = self.debias_settings["w_dacs"] * segmentation_ce(
-                self.segmenter(m["image"]), m["mask"], pixel_weight=m["weight"])
         return out

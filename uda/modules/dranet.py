@@ -52,7 +52,7 @@ class DRANet(SegmentationModule):
         self.discriminators = nn.ModuleDict(dict(discriminators))
         self.perceptual = perceptual
         # debiasing terms arrive already weighted (data.debias.*): unit weight here
-        self.w = {"gce_biased": 1.0, "dacs": 1.0, **{k: float(v) for k, v in weights.items()}}
+        self.w = {"gce_biased": 1.0, **{k: float(v) for k, v in weights.items()}}
         self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
