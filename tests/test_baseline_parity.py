@@ -17,19 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import shrunk_config
-from datamodules.debias import (RareClassSampler, class_mix_mask, classmix, pseudo_label,
-                                rare_class_probabilities)
-from datamodules.debias.callback import DebiasCallback
-from datamodules.debias.pipeline import DACS, DebiasPipeline
+from datamodules.debias import RareClassSampler, class_mix_mask, classmix, rare_class_probabilities
 from datamodules.labels import CLASS_NAMES
 from uda import build
 from uda.losses.entropy import entropy_loss, entropy_map, self_information
 from uda.losses.gan import discriminator_loss, generator_loss
+from uda.losses.pseudo_label import pseudo_label
 from uda.losses.segmentation import segmentation_ce
 from uda.models import SmallSegNet
 from uda.models.discriminators import OutputDiscriminator
-from uda.modules import SourceOnly
+from uda.models.ema_teacher import EMATeacher
 from uda.modules.adversarial import OutputSpaceAdversarial
+from uda.modules.self_training import SelfTraining
 from uda.methods import OptimConfig
 
 torch.set_num_threads(1)
@@ -312,17 +311,18 @@ def test_pseudo_label_batch_weight_is_dacs_threshold_uniform():
 
 
 @pytest.mark.parametrize("per_image", [False, True])
-def test_dacs_mixer_targets_weights_and_loss_are_dacs(per_image):
-    """The DACS mixer with pseudo_weight=batch gives DACS's mixed targets and pixelWiseWeight;
-    our weighted CE equals DACS's mean(CE * weight) over all pixels (no ignore pixel is pasted)."""
+def test_self_training_mix_targets_weights_and_loss_are_dacs(per_image):
+    """Self-training's mix with pseudo_weight=batch gives DACS's mixed targets and
+    pixelWiseWeight; our weighted CE equals DACS's mean(CE * weight) over all pixels (no ignore
+    pixel is pasted)."""
     x_s, y_s = seg_batch(3, b=3, h=8, w=10, classes=5)
     x_t = torch.rand(3, 3, 8, 10, generator=gen(4))
     logits = teacher_logits_batch()
-    pipe = DebiasPipeline([DACS(threshold=0.968, per_image=per_image)])
-    pipe.register(teacher=lambda x: logits)
-    out = pipe.apply({"source": {"image": x_s, "mask": y_s}, "target": {"image": x_t}}, seed=11)
-    mixed = out["mixed"]
-    m = class_mix_mask(y_s, gen(11)).long()  # the pipeline's generator, seeded with the seed
+    module = SelfTraining(DropoutNet(), ["a", "b", "c", "d", "e"], per_image=per_image)
+    module.teacher.net = Fixed(logits)
+    mixed = module.mixed_batch({"source": {"image": x_s, "mask": y_s}, "target": {"image": x_t},
+                                "seed": 11})
+    m = class_mix_mask(y_s, gen(11)).long()  # the recipe's generator, seeded with batch["seed"]
     targets, w_ref = dacs_threshold_uniform(logits)
     w_t = pseudo_label(logits, 0.968, per_image=True)[1].view(-1, 1, 1) if per_image else w_ref
     weight = m * 1.0 + (1 - m) * (torch.ones_like(y_s) * w_t)
@@ -337,6 +337,17 @@ def test_dacs_mixer_targets_weights_and_loss_are_dacs(per_image):
 
 # ---------------------------------------------------------------- mean teacher (DACS, DAFormer)
 
+class Fixed(nn.Module):
+    """Returns the same logits whatever the input (a stand-in teacher)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits
+
+
 class DropoutNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -350,19 +361,18 @@ class DropoutNet(nn.Module):
 def test_teacher_forward_uses_batch_statistics_without_dropout():
     """DACS (ema_model.train()) and DAFormer (teacher in training mode, dropout / drop-path off)
     normalise the teacher's BatchNorm with the target batch's statistics."""
-    module = SourceOnly(DropoutNet(), ["a", "b", "c"])
-    module.attach_debias(teacher=True)
-    module.train()
-    module.segmenter.net[4].eval()  # a BN kept frozen in the student stays frozen in the teacher
+    student = DropoutNet().train()
+    teacher = EMATeacher(student)
+    student.net[4].eval()  # a BN kept frozen in the student stays frozen in the teacher
     x = 3 * torch.randn(2, 3, 6, 8, generator=gen(8)) + 1
-    ref = copy.deepcopy(module.teacher).train()
+    ref = copy.deepcopy(teacher.net).train()
     ref.net[3].eval()   # dropout off
     ref.net[4].eval()
     expected = ref(x)
-    got = module.teacher_logits(x)
+    got = teacher(x, student)
     torch.testing.assert_close(got, expected)
-    assert not torch.allclose(got, copy.deepcopy(module.teacher).eval()(x), atol=1e-3)
-    modes = [m.training for m in module.teacher.net]
+    assert not torch.allclose(got, copy.deepcopy(teacher.net).eval()(x), atol=1e-3)
+    modes = [m.training for m in teacher.net.net]
     assert modes == [True, True, True, False, False, True]
 
 
@@ -371,11 +381,11 @@ class Record(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.student = [{n: p.detach().clone() for n, p in pl_module.segmenter.named_parameters()}]
-        self.teacher = [{n: p.detach().clone() for n, p in pl_module.teacher.named_parameters()}]
+        self.teacher = [{n: p.detach().clone() for n, p in pl_module.teacher.net.named_parameters()}]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.student.append({n: p.detach().clone() for n, p in pl_module.segmenter.named_parameters()})
-        self.teacher.append({n: p.detach().clone() for n, p in pl_module.teacher.named_parameters()})
+        self.teacher.append({n: p.detach().clone() for n, p in pl_module.teacher.net.named_parameters()})
 
 
 def test_ema_teacher_follows_daformer_over_parameters_only(toy_root, tmp_path):
@@ -383,14 +393,14 @@ def test_ema_teacher_follows_daformer_over_parameters_only(toy_root, tmp_path):
     (1 - a_j) student_j with a_j = min(1 - 1 / (j + 1), 0.99) (student_j: after j steps);
     parameters only. DACS's update after step k uses a = min(1 - 1 / (k + 1), 0.99), one
     iteration earlier in the warm-up (its first teacher is the student after one step)."""
-    cfg = shrunk_config(toy_root, tmp_path, "source_only", "data.debias.dacs.enabled=true",
-                        "data.debias.dacs.ema=0.6", "trainer.max_steps=3")
+    cfg = shrunk_config(toy_root, tmp_path, "self_training", "method.self_training.ema=0.6",
+                        "trainer.max_steps=3")
     module, dm = build.build_module(cfg), build.build_datamodule(cfg)
     rec = Record()
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
                          limit_val_batches=0, use_distributed_sampler=False,
-                         callbacks=[DebiasCallback(), rec])
+                         callbacks=[rec])
     trainer.fit(module, datamodule=dm)
     teacher = dict(rec.student[0])
     for n in teacher:
@@ -403,7 +413,7 @@ def test_ema_teacher_follows_daformer_over_parameters_only(toy_root, tmp_path):
     conv = next(n for n in teacher if n.endswith("weight") and rec.student[1][n].dim() == 4)
     assert not torch.allclose(rec.teacher[1][conv], rec.student[1][conv])  # DACS: equal here
     # buffers are the teacher's own: running statistics of its (training-mode) target forwards
-    s_bn, t_bn = dict(module.segmenter.named_buffers()), dict(module.teacher.named_buffers())
+    s_bn, t_bn = dict(module.segmenter.named_buffers()), dict(module.teacher.net.named_buffers())
     means = [n for n in s_bn if n.endswith("running_mean")]
     assert means and all(not torch.equal(s_bn[n], t_bn[n]) for n in means)
     assert all(t_bn[n].abs().sum() > 0 for n in means)

@@ -24,9 +24,10 @@ from torch import nn
 
 from conftest import free_port
 from datamodules.debias import (LfFWeights, RareClassSampler, class_mix_mask, class_pixel_counts,
-                                classmix, cutmix, ema_update_, gce_loss, mixed_loss, mixup,
-                                pseudo_label, rare_class_probabilities, select_contradicting,
-                                selecmix)
+                                classmix, cutmix, gce_loss, mixed_loss, mixup,
+                                rare_class_probabilities, select_contradicting, selecmix)
+from uda.losses.pseudo_label import pseudo_label
+from uda.models.ema_teacher import ema_update_
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)

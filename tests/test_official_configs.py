@@ -50,21 +50,21 @@ def test_adversarial_official_configs_load_with_the_reference_protocol(name, sto
         assert list(t.resize) == size and t.crop is None and t.scale_range is None
         assert t.hflip == 0.0 and t.jitter == 0.0 and imagenet_rgb_data(t)
     assert official_network(c.model, multi_level=True, branches=branches)
-    assert not any(getattr(d.debias, k).enabled for k in ("dacs", "cutmix", "classmix", "mixup"))
+    assert not any(getattr(d.debias, k).enabled for k in ("cutmix", "classmix", "mixup"))
 
 
 def test_dacs_official_config_loads_with_the_reference_protocol():
     c = official("dacs")
     assert (c.method.name, c.trainer.max_steps, c.method.optim.poly_horizon) == (
-        "source_only", 250000, 250000)
+        "self_training", 250000, 250000)
     assert c.data.batch_size == 2
     d = c.data
     for t, size in ((d.source_transform, [720, 1280]), (d.target_transform, [512, 1024])):
         assert list(t.resize) == size and list(t.crop) == [512, 512]
         assert t.scale_range is None and t.hflip == 0.0 and imagenet_rgb_data(t)
     assert list(d.eval_transform.resize) == [512, 1024] and imagenet_rgb_data(d.eval_transform)
-    x = d.debias.dacs
-    assert (x.enabled, x.threshold, x.ema, x.weight, x.pseudo_weight) == (True, 0.968, 0.99, 1.0, "batch")
+    x = c.method.self_training
+    assert (x.threshold, x.ema, x.weight, x.pseudo_weight) == (0.968, 0.99, 1.0, "batch")
     assert official_network(c.model, multi_level=False, branches=2)
 
 

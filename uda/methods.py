@@ -105,6 +105,19 @@ class DRANetConfig:
     colour_frames: int = 256
 
 
+@dataclass
+class SelfTrainingConfig:
+    """Self-training with an EMA teacher (DACS): ClassMix of source classes onto target images
+    whose other pixels take the teacher's pseudo-labels, weighted by the fraction of pixels above
+    `threshold` confidence; the mixed-image loss has weight `weight`; teacher EMA decay `ema`.
+    pseudo_weight: image (that fraction per target image) | batch (one fraction over the whole
+    batch, as the official DACS and DAFormer code compute it)."""
+    threshold: float = 0.968
+    ema: float = 0.99
+    weight: float = 1.0
+    pseudo_weight: str = "image"
+
+
 def _check_adversarial(cfg) -> Optional[str]:
     if cfg.method.adversarial.multi_level and not (cfg.model.name == "deeplabv2"
                                                    and cfg.model.multi_level):
@@ -163,6 +176,9 @@ METHODS: tuple[Method, ...] = (
                                 "method.dranet.enc_norm)",
                     "style_mod": "the DRANet generator is always style-modulated (AdaIN); "
                                  "delete the key"}),
+    Method("self_training", "uda.modules.self_training",
+           "EMA-teacher self-training: pseudo-labelled target with source classes pasted (DACS)",
+           settings=SelfTrainingConfig, choices={"pseudo_weight": ("image", "batch")}),
     Method("oracle", "uda.modules.supervised",
            "supervised on labelled target train (toy benchmark upper bound)",
            labelled_target=True),
