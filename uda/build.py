@@ -345,3 +345,27 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         use_distributed_sampler=False,
         # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)
+
+
+def build_eval_transform(cfg: Config):
+    """The evaluation transform (`data.eval_transform`): target val, predicted files, style
+    frames."""
+    return transform_from_config(cfg.data.eval_transform, train=False)
+
+
+def build_eval_datamodule(cfg: Config) -> UDADataModule:
+    """Labelled target val alone (`uda evaluate`)."""
+    d = cfg.data
+    val = build_dataset(d.target, d.target_val_split, build_eval_transform(cfg), labelled=True)
+    return UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
+                         num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
+
+
+def build_eval_trainer(cfg: Config, callbacks: list) -> pl.Trainer:
+    """The Trainer of `uda evaluate`: the run's devices, strategy and precision, no logger."""
+    t = cfg.trainer
+    return pl.Trainer(accelerator=t.accelerator, devices=t.devices,
+                      strategy=build_strategy(cfg),  # as training: auto/ddp* with >1 device
+                      num_nodes=t.num_nodes, precision=t.precision, logger=False,
+                      enable_progress_bar=t.progress_bar, enable_model_summary=False,
+                      use_distributed_sampler=False, callbacks=callbacks)

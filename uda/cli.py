@@ -130,14 +130,14 @@ def _cmd_check(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     _check_outputs(files=[("--output", args.output)], folders=[("--export", args.export)])
-    from uda.evaluate import evaluate
+    from uda.evaluation.evaluate_checkpoint import evaluate
     evaluate(args.checkpoint, args.config, args.overrides, args.output, args.export)
     return 0
 
 
 def _cmd_predict(args) -> int:
     _check_outputs(folders=[("--output", args.output)])
-    from uda.evaluate import predict
+    from uda.evaluation.predict_files import predict
     written = predict(args.checkpoint, args.input, args.output, args.format, args.config,
                       args.overrides)
     print(f"uda: {len(written)} predictions ({args.format}) written to {args.output}")

@@ -1,9 +1,8 @@
-"""`uda evaluate` and `uda predict`: a trained checkpoint applied to target val or to files.
+"""`uda predict`: a trained checkpoint applied to image files, each at its own resolution.
 
-The configuration comes from the checkpoint (`checkpoint["uda"]["config"]`, the run's resolved
-YAML), optionally overridden by `--config FILE` and `key=value`. Checkpoints are read by
-`uda.checkpoint_io` (`torch.load(weights_only=True)`: no code from a checkpoint file is ever
-executed).
+The configuration comes from the checkpoint, optionally overridden by `--config FILE` and
+`key=value` (as for `uda evaluate`, `uda.evaluation.evaluate_checkpoint`); the module and the
+transform come from `uda.build`.
 """
 from __future__ import annotations
 
@@ -11,47 +10,15 @@ import glob
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from tqdm import tqdm
 
-from datamodules.datamodule import UDADataModule
 from datamodules.io import DatasetError, read_rgb
-from datamodules.transforms import transform_from_config
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
 from uda.evaluation.export import FORMATS, write_prediction
 from uda.evaluation.inference import predict_labels
-from uda.reporting import ResultsReport
-
-
-def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=None) -> dict:
-    ckpt = read_checkpoint(checkpoint)
-    cfg = config_for(ckpt, checkpoint, config_file, overrides)
-    module = build.load_module(ckpt, cfg, checkpoint)
-    if export:
-        module.export_dir = Path(export)
-    d = cfg.data
-    val = build.build_dataset(d.target, d.target_val_split,
-                              transform_from_config(d.eval_transform, train=False), labelled=True)
-    dm = UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
-                       num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
-    t = cfg.trainer
-    # the checkpoint's iteration: results say which weights they score
-    extra = {"checkpoint": str(checkpoint),
-             "step": (ckpt.get("uda") or {}).get("step", ckpt.get("global_step"))}
-    note = (f"predictions written to {export}/labelIds (official-evaluator ready) and "
-            f"{export}/color") if export else None
-    report = ResultsReport(f"{checkpoint}, {d.target.dataset} {d.target_val_split}", output,
-                           extra, note=note)
-    trainer = pl.Trainer(accelerator=t.accelerator, devices=t.devices,
-                         strategy=build.build_strategy(cfg),  # as training: auto/ddp* with >1 device
-                         num_nodes=t.num_nodes, precision=t.precision, logger=False,
-                         enable_progress_bar=t.progress_bar, enable_model_summary=False,
-                         use_distributed_sampler=False, callbacks=[report])
-    trainer.validate(module, datamodule=dm, verbose=False)
-    return dict(module.last_results, **extra) if module.last_results else None
 
 
 def expand_inputs(pattern: str) -> list[Path]:
@@ -75,7 +42,7 @@ def predict(checkpoint, inputs: str, output, fmt: str = "color", config_file=Non
     ckpt = read_checkpoint(checkpoint)
     cfg = config_for(ckpt, checkpoint, config_file, overrides)
     module = build.load_module(ckpt, cfg, checkpoint)
-    transform = transform_from_config(cfg.data.eval_transform, train=False)
+    transform = build.build_eval_transform(cfg)
     options = build.eval_options(cfg)
     written = []
     files = expand_inputs(inputs)
