@@ -369,3 +369,18 @@ def build_eval_trainer(cfg: Config, callbacks: list) -> pl.Trainer:
                       num_nodes=t.num_nodes, precision=t.precision, logger=False,
                       enable_progress_bar=t.progress_bar, enable_model_summary=False,
                       use_distributed_sampler=False, callbacks=callbacks)
+
+
+def build_style_frames(cfg: Config) -> SegmentationDataset:
+    """Unlabelled target train with the evaluation transform: the frames of `uda translate`'s
+    style bank."""
+    d = cfg.data
+    return build_dataset(d.target, d.target.split, build_eval_transform(cfg), labelled=False)
+
+
+def build_source_at(cfg: Config, root, labelled: bool = False) -> SegmentationDataset:
+    """The source split under `root` (`uda translate --input`) at native size, normalised as the
+    run's source images."""
+    t = cfg.data.source_transform
+    return DATASETS[cfg.data.source.dataset](root, cfg.data.source.split, labelled=labelled,
+                                             transform=build_transform(mean=t.mean, std=t.std))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datamodules.io import DatasetError
-from datamodules.transforms import SegTransform, transform_from_config
+from datamodules.transforms import SegTransform
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
@@ -117,8 +117,7 @@ def load_reference(path, device=None) -> Reference:
         raise ConfigError(f"reference {path}: the checkpoint holds no segmenter weights")
     cfg = config_for(ckpt, path, overrides=["eval.translation_reference=null"])
     module = build.load_module(ckpt, cfg, path).to(device or "cpu")
-    return Reference(module, transform_from_config(cfg.data.eval_transform, train=False),
-                     cfg.method.name, str(path))
+    return Reference(module, build.build_eval_transform(cfg), cfg.method.name, str(path))
 
 
 # --- accumulation -------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def score_translation(module, cfg, bank, input_root, reference: Reference,
     translate_fn = translate_fn or tr.translate_frame
     device = module.device
     net = style_net(device)
-    source = tr.source_dataset(cfg, input_root, labelled=True)
+    source = build.build_source_at(cfg, input_root, labelled=True)
     d = cfg.data
     target_val = build.build_dataset(d.target, d.target_val_split, None, labelled=True)
     sets = {name: ImageSet(reference.num_classes)
@@ -239,8 +238,8 @@ def translate_and_score(checkpoint, input_root, reference, output=None, num_styl
     bank = tr.target_style_bank(module, cfg, num_styles)
     written = []
     if output is not None:
-        n = tr.write_translations(module, bank, tr.source_dataset(cfg, input_root), input_root,
-                                  output)
+        n = tr.write_translations(module, bank, build.build_source_at(cfg, input_root),
+                                  input_root, output)
         written.append(f"{n} translated source frames written under {output}")
     result = {"checkpoint": str(checkpoint), "input": str(input_root), "num_styles": num_styles,
               **score_translation(module, cfg, bank, input_root, ref, num_images)}
