@@ -200,7 +200,7 @@ def _cmd_benchmark_toy(args) -> int:
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
     from uda.io import write_json_atomic
-    from uda.metrics.report import format_table
+    from uda.metrics.results import format_table
     _check_outputs(files=[("--output", args.output)])
     results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,
                                 num_workers=args.workers)

@@ -32,7 +32,7 @@ from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
 from uda.metrics.confusion import confusion_matrix
-from uda.metrics.report import results_dict
+from uda.metrics.results import results_dict
 from uda.metrics.style_distance import style_descriptor, style_distances
 from uda.models.perceptual import PerceptualNet
 from uda.modules.base import SegmentationModule

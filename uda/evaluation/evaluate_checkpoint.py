@@ -12,7 +12,7 @@ from pathlib import Path
 
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
-from uda.reporting import ResultsReport
+from uda.results_callback import ResultsReport
 
 
 def evaluate(checkpoint, config_file=None, overrides=None, output=None, export=None) -> dict:
