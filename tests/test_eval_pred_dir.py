@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.io import DatasetError
+from datamodules.image_io import DatasetError
 from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, TRAINID_TO_CITYSCAPES_ID
 from uda.evaluation import evaluate_pred_dir
 from uda.metrics.results import format_table

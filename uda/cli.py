@@ -110,7 +110,7 @@ def _cmd_make_toy(args) -> int:
 
 def _cmd_check(args) -> int:
     from datamodules.check import check_dataset, format_report
-    from uda.io import write_json_atomic
+    from uda.atomic_write import write_json_atomic
     _check_outputs(files=[("--output", args.output)])
     if not Path(args.root).is_dir():
         from uda.config import ConfigError
@@ -199,7 +199,7 @@ def _cmd_benchmark_toy(args) -> int:
 
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
-    from uda.io import write_json_atomic
+    from uda.atomic_write import write_json_atomic
     from uda.metrics.results import format_table
     _check_outputs(files=[("--output", args.output)])
     results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,
@@ -360,7 +360,7 @@ def _reported_errors() -> tuple[type[BaseException], ...]:
     """The exceptions reported as one `uda: error:` line. Looked up only once one was raised:
     `NonFiniteError` lives in uda.nonfinite (torch), which only training loads, so it is taken
     from sys.modules instead of being imported."""
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     from uda.config import ConfigError
     nonfinite = sys.modules.get("uda.nonfinite")
     return (ConfigError, DatasetError) + ((nonfinite.NonFiniteError,) if nonfinite else ())

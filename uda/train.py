@@ -154,7 +154,7 @@ def worker_error(e: BaseException) -> BaseException:
     """The uda error (NaN/Inf, configuration, dataset) that a ddp_fork/ddp_spawn rank raised,
     rebuilt from the launcher's report, so that the CLI prints it in one line with its exit
     code and the NaN/Inf note can name the last good checkpoint; any other exception as is."""
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     return raised_in_rank(e, (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError))
 
 

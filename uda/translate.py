@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datamodules.io import write_png_atomic
+from datamodules.image_io import write_png_atomic
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datamodules.io import DatasetError, read_rgb
+from datamodules.image_io import DatasetError, read_rgb
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
