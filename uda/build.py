@@ -263,9 +263,10 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
 
 
 def build_logger(cfg: Config, run_dir: Path):
+    """The run's experiment logger (`logger` section; `uda.logging_setup.create_logger`)."""
     lg = cfg.logger
     from omegaconf import OmegaConf
-    return logging_setup.build_logger(
+    return logging_setup.create_logger(
         lg.name, run_dir, project=lg.project, name=lg.run_name or run_dir.name, group=lg.group,
         tags=list(lg.tags), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),
         log_checkpoints=lg.log_checkpoints, is_rank_zero=rank_zero_only.rank == 0)
