@@ -17,7 +17,7 @@ import numpy as np
 
 from datamodules.datasets import DATASETS
 from datamodules.datasets.base import Sample, SegmentationDataset, size_mismatch
-from datamodules.io import DatasetError, read_rgb
+from datamodules.image_io import DatasetError, read_rgb
 from datamodules.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 

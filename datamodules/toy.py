@@ -61,7 +61,7 @@ import numpy as np
 from tqdm import tqdm
 from PIL import Image
 
-from .io import write_png_atomic
+from .image_io import write_png_atomic
 from .labels import CITYSCAPES_ID_PALETTE, CLASS_NAMES, NUM_CLASSES, TRAINID_TO_CITYSCAPES_ID
 from .toy_scene import BUILDING, CAR, CUE_RGB, ROAD, SIDEWALK, SKY, TERRAIN, VEG, _render
 

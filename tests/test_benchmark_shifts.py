@@ -10,7 +10,7 @@ import pytest
 import datamodules.toy
 import uda.benchmark
 import uda.train
-from datamodules.io import DatasetError
+from datamodules.image_io import DatasetError
 from uda.benchmark import benchmark_toy, format_shift_summary, summarize_shifts
 from uda.cli import main
 from uda.config import ConfigError

@@ -175,7 +175,7 @@ def test_user_message_unwraps_torch_wrappers():
     from torch._utils import ExceptionWrapper
     from torch.multiprocessing import ProcessRaisedException
 
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     from uda.config import ConfigError
     from uda.errors import user_message
 

@@ -7,7 +7,7 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from datamodules.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset
-from datamodules.io import DatasetError, read_label, read_rgb
+from datamodules.image_io import DatasetError, read_label, read_rgb
 from datamodules.labels import IGNORE_INDEX
 
 

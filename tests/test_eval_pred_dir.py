@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.io import DatasetError
+from datamodules.image_io import DatasetError
 from datamodules.labels import CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, TRAINID_TO_CITYSCAPES_ID
 from uda.evaluation import evaluate_pred_dir
-from uda.metrics.report import format_table
+from uda.metrics.results import format_table
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real_samples" / "cityscapes"
 GT_SUFFIX = "_gtFine_labelIds.png"

@@ -59,7 +59,7 @@ def test_evaluate_uses_the_training_strategy(trained, monkeypatch, strategy, sta
     """Several devices get the project's DDP (process-group timeout), as in training."""
     from pytorch_lightning.strategies import DDPStrategy
 
-    import uda.evaluate
+    import pytorch_lightning as pl
 
     class Stop(Exception):
         pass
@@ -69,7 +69,7 @@ def test_evaluate_uses_the_training_strategy(trained, monkeypatch, strategy, sta
         raise Stop
 
     seen = {}
-    monkeypatch.setattr(uda.evaluate.pl, "Trainer", trainer)
+    monkeypatch.setattr(pl, "Trainer", trainer)
     with pytest.raises(Stop):
         main(["evaluate", "--checkpoint", str(trained / "checkpoints/last.ckpt"),
               "trainer.accelerator=cpu", "trainer.devices=2", f"trainer.strategy={strategy}",

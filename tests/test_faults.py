@@ -155,7 +155,7 @@ def test_two_ranks_stop_together_on_non_finite_state(toy_root, tmp_path, monkeyp
 def test_worker_errors_are_raised_again_as_themselves():
     from torch.multiprocessing import ProcessRaisedException
 
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     from uda.nonfinite import NonFiniteStateError
     from uda.train import worker_error
 
@@ -166,7 +166,7 @@ def test_worker_errors_are_raised_again_as_themselves():
 
     e = worker_error(raised("uda.nonfinite.NonFiniteStateError: non-finite values at 6; x"))
     assert type(e) is NonFiniteStateError and str(e) == "non-finite values at 6; x"
-    e = worker_error(raised("datamodules.io.DatasetError: /d/a.png: cannot decode image"))
+    e = worker_error(raised("datamodules.image_io.DatasetError: /d/a.png: cannot decode image"))
     assert type(e) is DatasetError and str(e) == "/d/a.png: cannot decode image"
     other = raised("ZeroDivisionError: division by zero")
     assert worker_error(other) is other

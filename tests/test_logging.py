@@ -200,8 +200,8 @@ def _items(items) -> dict:
 def test_wandb_offline_run_is_written_under_run_dir(env, tmp_path, capsys):
     import wandb
     run_dir = tmp_path / "run"
-    logger = ls.build_logger("wandb", run_dir, project="uda-test", name="tiny", group="g",
-                             tags=["toy"], mode="auto", config={"lr": 0.01, "method": "tiny"})
+    logger = ls.create_logger("wandb", run_dir, project="uda-test", name="tiny", group="g",
+                              tags=["toy"], mode="auto", config={"lr": 0.01, "method": "tiny"})
     assert isinstance(logger, pl.loggers.WandbLogger)
     offline = ls.offline_run_dir(logger)
     assert offline is not None and offline.parent == (run_dir / "wandb").resolve()
@@ -250,7 +250,7 @@ def test_wandb_failure_falls_back_to_csv(env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.loggers, "WandbLogger", broken)
     with pytest.warns(RuntimeWarning, match="unreachable.*CSV"):
-        logger = ls.build_logger("wandb", tmp_path, project="p", name=None, group=None, tags=[])
+        logger = ls.create_logger("wandb", tmp_path, project="p", name=None, group=None, tags=[])
     assert isinstance(logger, pl.loggers.CSVLogger)
     assert Path(logger.log_dir) == tmp_path / "logs"
 
@@ -263,8 +263,8 @@ def test_wandb_init_failure_falls_back_to_csv(env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(wandb, "init", init)
     with pytest.warns(RuntimeWarning, match="CommError: network is down"):
-        logger = ls.build_logger("wandb", tmp_path, project="p", name="n", group=None, tags=[],
-                                 mode="online")
+        logger = ls.create_logger("wandb", tmp_path, project="p", name="n", group=None, tags=[],
+                                  mode="online")
     assert isinstance(logger, pl.loggers.CSVLogger)
 
 
@@ -275,8 +275,8 @@ def test_wandb_non_zero_rank_creates_no_run(env, tmp_path, monkeypatch):
         raise AssertionError("wandb.init called on a non-zero rank")
 
     monkeypatch.setattr(wandb, "init", init)
-    logger = ls.build_logger("wandb", tmp_path, project="p", name="n", group=None, tags=[],
-                             is_rank_zero=False)
+    logger = ls.create_logger("wandb", tmp_path, project="p", name="n", group=None, tags=[],
+                              is_rank_zero=False)
     assert isinstance(logger, pl.loggers.WandbLogger) and logger._experiment is None
     assert not (tmp_path / "wandb").exists() or not list((tmp_path / "wandb").glob("*run-*"))
 
@@ -286,13 +286,13 @@ def test_wandb_non_zero_rank_creates_no_run(env, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 def test_none_and_unknown_kind(env, tmp_path):
-    assert ls.build_logger("none", tmp_path, project="p", tags=[]) is False
+    assert ls.create_logger("none", tmp_path, project="p", tags=[]) is False
     with pytest.raises(ValueError, match="tensorboard"):
-        ls.build_logger("mlflow", tmp_path, project="p", tags=[])
+        ls.create_logger("mlflow", tmp_path, project="p", tags=[])
 
 
 def test_csv_logger_metrics_table_and_png_panels(env, tmp_path):
-    logger = ls.build_logger("csv", tmp_path, project="p", tags=[])
+    logger = ls.create_logger("csv", tmp_path, project="p", tags=[])
     assert isinstance(logger, pl.loggers.CSVLogger)
     _fit(logger, tmp_path)
     rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
@@ -315,7 +315,7 @@ def test_csv_logger_metrics_table_and_png_panels(env, tmp_path):
 
 def test_tensorboard_logger(env, tmp_path):
     pytest.importorskip("tensorboard")  # not an install requirement of uda
-    logger = ls.build_logger("tensorboard", tmp_path, project="p", tags=[], config={"lr": 0.1})
+    logger = ls.create_logger("tensorboard", tmp_path, project="p", tags=[], config={"lr": 0.1})
     assert isinstance(logger, pl.loggers.TensorBoardLogger)
     _fit(logger, tmp_path)
     logger.experiment.flush()

@@ -5,7 +5,7 @@ import torch
 
 from uda.metrics import (confusion_matrix, frequency_weighted_iou, iou_per_class, mean_iou,
                          pixel_accuracy)
-from uda.metrics.report import format_table, results_dict
+from uda.metrics.results import format_table, results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 
 

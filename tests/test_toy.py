@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.io import read_label, read_rgb
+from datamodules.image_io import read_label, read_rgb
 from datamodules.labels import (CITYSCAPES_ID_PALETTE, CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES,
                                 TRAINID_TO_CITYSCAPES_ID)
 from datamodules.toy import (DEFAULT_STYLE, SHIFT_RANGES, STYLE_JITTER, _TEX, _grade_matrix, _noise,

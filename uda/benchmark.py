@@ -21,8 +21,8 @@ import statistics
 import time
 from pathlib import Path
 
+from uda.atomic_write import write_json_atomic, write_text_atomic
 from uda.config import ConfigError, load_config
-from uda.io import write_json_atomic, write_text_atomic
 from uda.methods import NAMES
 
 METHODS = NAMES  # every method of the table (its toy config: configs/toy/<name>.yaml)
@@ -183,7 +183,7 @@ def _shift_data(data_dir: Path, shift: int, make_toy, **toy) -> Path:
     if not meta.is_file():
         make_toy(root, shift=shift, **toy)
     elif (found := json.loads(meta.read_text()).get("shift")) != shift:
-        from datamodules.io import DatasetError
+        from datamodules.image_io import DatasetError
         raise DatasetError(f"{root}: holds the toy data of shift {found}, not {shift}; remove it "
                            "or choose another --data")
     return root

@@ -221,8 +221,9 @@ def attach_style_codec(module: SegmentationModule, cfg: Config) -> None:
 
 
 def build_logger(cfg: Config, run_dir: Path):
+    """The run's experiment logger (`logger` section; `uda.logging_setup.create_logger`)."""
     lg = cfg.logger
-    return logging_setup.build_logger(
+    return logging_setup.create_logger(
         lg.name, run_dir, project=lg.project, name=lg.run_name or run_dir.name, group=lg.group,
         tags=list(lg.tags), mode=lg.mode, config=OmegaConf.to_container(cfg, resolve=True),
         log_checkpoints=lg.log_checkpoints, is_rank_zero=rank_zero_only.rank == 0)
@@ -302,3 +303,42 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         use_distributed_sampler=False,
         # our GracefulStop checkpoints and requeues on SIGUSR1; Lightning's own would also try
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)
+
+
+def build_eval_transform(cfg: Config):
+    """The evaluation transform (`data.eval_transform`): target val, predicted files, style
+    frames."""
+    return transform_from_config(cfg.data.eval_transform, train=False)
+
+
+def build_eval_datamodule(cfg: Config) -> UDADataModule:
+    """Labelled target val alone (`uda evaluate`)."""
+    d = cfg.data
+    val = build_dataset(d.target, d.target_val_split, build_eval_transform(cfg), labelled=True)
+    return UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
+                         num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
+
+
+def build_eval_trainer(cfg: Config, callbacks: list) -> pl.Trainer:
+    """The Trainer of `uda evaluate`: the run's devices, strategy and precision, no logger."""
+    t = cfg.trainer
+    return pl.Trainer(accelerator=t.accelerator, devices=t.devices,
+                      strategy=build_strategy(cfg),  # as training: auto/ddp* with >1 device
+                      num_nodes=t.num_nodes, precision=t.precision, logger=False,
+                      enable_progress_bar=t.progress_bar, enable_model_summary=False,
+                      use_distributed_sampler=False, callbacks=callbacks)
+
+
+def build_style_frames(cfg: Config) -> SegmentationDataset:
+    """Unlabelled target train with the evaluation transform: the frames of `uda translate`'s
+    style bank."""
+    d = cfg.data
+    return build_dataset(d.target, d.target.split, build_eval_transform(cfg), labelled=False)
+
+
+def build_source_at(cfg: Config, root, labelled: bool = False) -> SegmentationDataset:
+    """The source split under `root` (`uda translate --input`) at native size, normalised as the
+    run's source images."""
+    t = cfg.data.source_transform
+    return DATASETS[cfg.data.source.dataset](root, cfg.data.source.split, labelled=labelled,
+                                             transform=build_transform(mean=t.mean, std=t.std))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.io import DatasetError
+from datamodules.image_io import DatasetError
 from uda.config import Config, ConfigError, load_config
 
 

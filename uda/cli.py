@@ -111,7 +111,7 @@ def _cmd_make_toy(args) -> int:
 
 def _cmd_check(args) -> int:
     from datamodules.check import check_dataset, format_report
-    from uda.io import write_json_atomic
+    from uda.atomic_write import write_json_atomic
     _check_outputs(files=[("--output", args.output)])
     if not Path(args.root).is_dir():
         from uda.config import ConfigError
@@ -131,14 +131,14 @@ def _cmd_check(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     _check_outputs(files=[("--output", args.output)], folders=[("--export", args.export)])
-    from uda.evaluate import evaluate
+    from uda.evaluation.evaluate_checkpoint import evaluate
     evaluate(args.checkpoint, args.config, args.overrides, args.output, args.export)
     return 0
 
 
 def _cmd_predict(args) -> int:
     _check_outputs(folders=[("--output", args.output)])
-    from uda.evaluate import predict
+    from uda.evaluation.predict_files import predict
     written = predict(args.checkpoint, args.input, args.output, args.format, args.config,
                       args.overrides)
     print(f"uda: {len(written)} predictions ({args.format}) written to {args.output}")
@@ -200,8 +200,8 @@ def _cmd_benchmark_toy(args) -> int:
 
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
-    from uda.io import write_json_atomic
-    from uda.metrics.report import format_table
+    from uda.atomic_write import write_json_atomic
+    from uda.metrics.results import format_table
     _check_outputs(files=[("--output", args.output)])
     results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,
                                 num_workers=args.workers)
@@ -362,7 +362,7 @@ def _reported_errors() -> tuple[type[BaseException], ...]:
     """The exceptions reported as one `uda: error:` line. Looked up only once one was raised:
     `NonFiniteError` lives in uda.nonfinite (torch), which only training loads, so it is taken
     from sys.modules instead of being imported."""
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     from uda.config import ConfigError
     nonfinite = sys.modules.get("uda.nonfinite")
     return (ConfigError, DatasetError) + ((nonfinite.NonFiniteError,) if nonfinite else ())

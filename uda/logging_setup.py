@@ -3,13 +3,13 @@ are in `uda.panels`.
 
 * `resolve_wandb_mode(mode)`: "auto" -> "online" when W&B credentials are configured, else
   "offline". Pure standard library: wandb is not imported and nothing is sent anywhere.
-* `build_logger(kind, run_dir, ...)`: a Lightning logger, or False for kind="none". For
+* `create_logger(kind, run_dir, ...)`: a Lightning logger, or False for kind="none". For
   kind="wandb" every W&B directory is redirected under `run_dir/wandb` (`wandb_env`) and the run
   is created at once on rank 0, so any failure (no network, bad credentials, wandb missing)
   happens here and falls back to a CSVLogger with a warning: training never stops because of
   W&B. Offline runs print the `wandb sync <dir>` command that uploads them later.
 
-Ranks: only rank 0 creates a W&B run. On other ranks `build_logger` returns a WandbLogger in
+Ranks: only rank 0 creates a W&B run. On other ranks `create_logger` returns a WandbLogger in
 mode "disabled" whose run is never created: Lightning's `WandbLogger.experiment` is wrapped by
 `rank_zero_experiment` (a do-nothing `DummyExperiment` when `rank_zero_only.rank != 0`) and
 `log_metrics` / `log_image` / `log_table` / `log_hyperparams` are `rank_zero_only`, so nothing
@@ -152,10 +152,10 @@ def _csv_logger(run_dir: Path) -> CSVLogger:
     return AppendingCSVLogger(save_dir=str(run_dir), name="logs", version="")
 
 
-def build_logger(kind: str, run_dir: Path, *, project: str, name: str | None = None,
-                 group: str | None = None, tags: Iterable[str] = (), mode: str = "auto",
-                 config: Mapping[str, Any] | None = None, log_checkpoints: bool = False,
-                 is_rank_zero: bool = True, run_id: str | None = None):
+def create_logger(kind: str, run_dir: Path, *, project: str, name: str | None = None,
+                  group: str | None = None, tags: Iterable[str] = (), mode: str = "auto",
+                  config: Mapping[str, Any] | None = None, log_checkpoints: bool = False,
+                  is_rank_zero: bool = True, run_id: str | None = None):
     """A Lightning logger for `kind` in KINDS, or False for "none".
 
     csv -> `run_dir/logs/metrics.csv` (appended to); tensorboard -> `run_dir/tensorboard/` (`config` as

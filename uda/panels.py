@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.loggers.wandb import WandbLogger as _WandbLogger  # isinstance checks only
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from datamodules.io import write_png_atomic
+from datamodules.image_io import write_png_atomic
 from uda.evaluation.export import overlay
 from uda.logging_setup import _as_loggers
 from uda.models.modes import eval_mode

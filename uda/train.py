@@ -1,7 +1,7 @@
 """`uda train`: resolve the run directory, build everything, fit, evaluate the final weights.
 
 Run directory contents: config.yaml (resolved), checkpoints/{last,best}.ckpt, logs/ (CSV
-metrics), results.json (final-weights evaluation on target val; schema in uda.metrics.report,
+metrics), results.json (final-weights evaluation on target val; schema in uda.metrics.results,
 plus "step" (iterations) and "checkpoint": "last").
 
 Runs are append-only: an unwritable run.dir, or without `resume` a directory holding an
@@ -37,7 +37,7 @@ from uda.errors import raised_in_rank
 from uda.nonfinite import (ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteStateError,
                            last_good_checkpoint)
 from uda.output_paths import check_run_dir
-from uda.reporting import ResultsReport
+from uda.results_callback import ResultsReport
 from uda.run_guard import StartGuard, refuse_overwrite
 from uda.run_summary import end_summary, start_summary
 
@@ -154,7 +154,7 @@ def worker_error(e: BaseException) -> BaseException:
     """The uda error (NaN/Inf, configuration, dataset) that a ddp_fork/ddp_spawn rank raised,
     rebuilt from the launcher's report, so that the CLI prints it in one line with its exit
     code and the NaN/Inf note can name the last good checkpoint; any other exception as is."""
-    from datamodules.io import DatasetError
+    from datamodules.image_io import DatasetError
     return raised_in_rank(e, (NonFiniteLossError, NonFiniteStateError, ConfigError, DatasetError))
 
 

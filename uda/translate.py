@@ -18,9 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datamodules.datasets import DATASETS
-from datamodules.io import write_png_atomic
-from datamodules.transforms import build_transform, transform_from_config
+from datamodules.image_io import write_png_atomic
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
@@ -54,19 +52,7 @@ def style_bank(module: DRANet, target_ds, num_styles: int, seed: int = 0):
 
 def target_style_bank(module: DRANet, cfg: Config, num_styles: int):
     """The style bank over the run's target-train split (eval transform size)."""
-    d = cfg.data
-    target = build.build_dataset(d.target, d.target.split,
-                                 transform_from_config(d.eval_transform, train=False),
-                                 labelled=False)
-    return style_bank(module, target, num_styles, cfg.seed)
-
-
-def source_dataset(cfg: Config, root, labelled: bool = False):
-    """The source split under `root` at native size, normalised as the run's source images."""
-    t = cfg.data.source_transform
-    transform = build_transform(mean=t.mean, std=t.std)
-    return DATASETS[cfg.data.source.dataset](root, cfg.data.source.split, labelled=labelled,
-                                             transform=transform)
+    return style_bank(module, build.build_style_frames(cfg), num_styles, cfg.seed)
 
 
 @torch.no_grad()
@@ -93,8 +79,8 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
 
 
 def write_translations(module: DRANet, bank, source, input_root, output) -> int:
-    """Translate every frame of `source` (see `source_dataset`) into `output`, same layout,
-    label files copied byte for byte."""
+    """Translate every frame of `source` (see `uda.build.build_source_at`) into `output`, same
+    layout, label files copied byte for byte."""
     output, root = Path(output), Path(input_root)
     for i, sample in enumerate(tqdm(source.samples, desc="translate", unit="img")):
         x = source[i]["image"][None]
@@ -112,4 +98,5 @@ def translate(checkpoint, input_root, output, num_styles: int = 16, config_file=
               overrides=None) -> int:
     module, cfg = load_translator(checkpoint, config_file, overrides)
     bank = target_style_bank(module, cfg, num_styles)
-    return write_translations(module, bank, source_dataset(cfg, input_root), input_root, output)
+    return write_translations(module, bank, build.build_source_at(cfg, input_root), input_root,
+                              output)

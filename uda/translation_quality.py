@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datamodules.io import DatasetError
-from datamodules.transforms import SegTransform, transform_from_config
+from datamodules.image_io import DatasetError
+from datamodules.transforms import SegTransform
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import ConfigError
 from uda.metrics.confusion import confusion_matrix
-from uda.metrics.report import results_dict
+from uda.metrics.results import results_dict
 from uda.metrics.style_distance import style_descriptor, style_distances
 from uda.models.perceptual import PerceptualNet
 from uda.modules.base import SegmentationModule
@@ -117,8 +117,7 @@ def load_reference(path, device=None) -> Reference:
         raise ConfigError(f"reference {path}: the checkpoint holds no segmenter weights")
     cfg = config_for(ckpt, path, overrides=["eval.translation_reference=null"])
     module = build.load_module(ckpt, cfg, path).to(device or "cpu")
-    return Reference(module, transform_from_config(cfg.data.eval_transform, train=False),
-                     cfg.method.name, str(path))
+    return Reference(module, build.build_eval_transform(cfg), cfg.method.name, str(path))
 
 
 # --- accumulation -------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def score_translation(module, cfg, bank, input_root, reference: Reference,
     translate_fn = translate_fn or tr.translate_frame
     device = module.device
     net = style_net(device)
-    source = tr.source_dataset(cfg, input_root, labelled=True)
+    source = build.build_source_at(cfg, input_root, labelled=True)
     d = cfg.data
     target_val = build.build_dataset(d.target, d.target_val_split, None, labelled=True)
     sets = {name: ImageSet(reference.num_classes)
@@ -232,15 +231,15 @@ def translate_and_score(checkpoint, input_root, reference, output=None, num_styl
     """`uda translate --score`: write the translated set when `output` is given, then score;
     prints the table, writes the JSON to `score_output` when given, returns it."""
     from uda import translate as tr
-    from uda.io import write_json_atomic
+    from uda.atomic_write import write_json_atomic
     device = tr.default_device()
     ref = load_reference(reference, device)  # fail before any translation
     module, cfg = tr.load_translator(checkpoint, config_file, overrides, device)
     bank = tr.target_style_bank(module, cfg, num_styles)
     written = []
     if output is not None:
-        n = tr.write_translations(module, bank, tr.source_dataset(cfg, input_root), input_root,
-                                  output)
+        n = tr.write_translations(module, bank, build.build_source_at(cfg, input_root),
+                                  input_root, output)
         written.append(f"{n} translated source frames written under {output}")
     result = {"checkpoint": str(checkpoint), "input": str(input_root), "num_styles": num_styles,
               **score_translation(module, cfg, bank, input_root, ref, num_images)}

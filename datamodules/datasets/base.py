@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules.io import DatasetError, read_label, read_rgb
+from datamodules.image_io import DatasetError, read_label, read_rgb
 from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, describe_ids, map_ids, unknown_ids
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from datamodules.datasets.base import Sample, SegmentationDataset, two_folder_inventory
-from datamodules.io import DatasetError, read_label
+from datamodules.image_io import DatasetError, read_label
 from datamodules.labels import SYNTHIA_ID_TO_TRAINID
 
 

@@ -5,7 +5,7 @@ Input everywhere: `train_ids`, an (H, W) integer array (any integer dtype, or an
 value is a ValueError (it usually means label ids were passed as trainIds).
 
 Files written by `write_prediction(train_ids, out_dir, name, fmt)` (atomically, via
-`datamodules.io.write_png_atomic`):
+`datamodules.image_io.write_png_atomic`):
 
 * `labelIds` -> `<name>_labelIds.png`: mode L, Cityscapes label ids, ignore -> 0 (unlabeled).
   Ready for the official evaluator and `uda.evaluation.pred_dir` (fmt="labelIds") when `name`
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.io import write_png_atomic
+from datamodules.image_io import write_png_atomic
 from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, TRAINID_COLORS, TRAINID_TO_CITYSCAPES_ID
 
 FORMATS = ("labelIds", "trainIds", "color", "overlay")

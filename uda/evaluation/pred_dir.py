@@ -58,10 +58,10 @@ try:  # optional: fastest 2-D histogram of two uint8 maps
 except ImportError:  # pragma: no cover - opencv is a project dependency, torch is the fallback
     cv2 = None
 
-from datamodules.io import DatasetError
+from datamodules.image_io import DatasetError
 from datamodules.labels import (CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_RAW_IDS, CLASS_NAMES,
                                 IGNORE_INDEX, NUM_CLASSES, describe_ids, unknown_ids)
-from uda.metrics.report import results_dict
+from uda.metrics.results import results_dict
 
 GT_SUFFIX = "_gtFine_labelIds.png"
 FORMATS = ("labelIds", "trainIds")

@@ -4,7 +4,7 @@ Validation protocol: predict at the inference size of the batch images (whole im
 window, optional flip and multi-scale averaging: `eval_options`, the keyword arguments of
 `uda.evaluation.inference.predict_labels`), upsample to the label's native resolution, argmax,
 accumulate one dataset-level confusion matrix (summed over ranks). `self.last_results` holds
-the latest results dict (see `uda.metrics.report`). With `export_dir` set, each prediction is
+the latest results dict (see `uda.metrics.results`). With `export_dir` set, each prediction is
 also written there: `labelIds/<name>_labelIds.png` (official-evaluator ready) and
 `color/<name>_color.png`. Subclasses implement `training_step`
 and `configure_optimizers`.
@@ -26,8 +26,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
-from uda.metrics.report import results_dict
 from uda.methods import OptimConfig
+from uda.metrics.results import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin

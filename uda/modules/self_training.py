@@ -24,7 +24,7 @@ from uda.evaluation.inference import predict_labels
 from uda.losses import segmentation_ce
 from uda.losses.pseudo_label import pseudo_label
 from uda.methods import SelfTrainingConfig
-from uda.metrics.report import results_dict
+from uda.metrics.results import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.ema_teacher import EMATeacher
 from uda.modules.base import RecipeParts, SegmentationModule

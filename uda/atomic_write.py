@@ -1,5 +1,6 @@
-"""Small atomic file writers (temp file + rename: a crash never leaves a half-written file, and
-a failed write, e.g. a full disk, removes its temp file)."""
+"""Small atomic writers of text and JSON files (temp file + rename: a crash never leaves a
+half-written file, and a failed write, e.g. a full disk, removes its temp file). PNG images:
+`datamodules.image_io.write_png_atomic`."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""Reporting results from inside the rank-0 process.
+"""`ResultsReport`: the Lightning callback that writes a validation's results (JSON) and prints
+them, from inside the rank-0 process. The results dict and its table are `uda.metrics.results`.
 
 With fork/spawn launchers the calling process never sees the workers' module state, so the
 results of a validation are written and printed by rank 0 itself, from a callback.
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from uda import console
-from uda.io import write_json_atomic
-from uda.metrics.report import format_table
+from uda.atomic_write import write_json_atomic
+from uda.metrics.results import format_table
 
 
 class ResultsReport(pl.Callback):
