@@ -22,6 +22,7 @@ from datamodules.image_io import write_png_atomic
 from uda import build
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
+from uda.methods import method
 from uda.modules.dranet import DRANet
 
 
@@ -35,7 +36,7 @@ def load_translator(checkpoint, config_file=None, overrides=None,
     when the checkpoint is not a DRANet run's."""
     ckpt = read_checkpoint(checkpoint)
     cfg = config_for(ckpt, checkpoint, config_file, overrides)
-    if cfg.method.name != "dranet":
+    if not method(cfg.method.name).translator:
         raise ConfigError(f"{checkpoint}: method '{cfg.method.name}' has no translator; "
                           "translate needs a DRANet checkpoint")
     module = build.load_module(ckpt, cfg, checkpoint)
