@@ -14,10 +14,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from conftest import shrunk_config
 from datamodules.debias import RareClassSampler, class_mix_mask, classmix, rare_class_probabilities
+from datamodules.debias.photometric import blur_kernel_size, colour_jitter, strong_transform
 from datamodules.labels import CLASS_NAMES
 from uda import build
 from uda.losses.entropy import entropy_loss, entropy_map, self_information
@@ -453,3 +455,32 @@ def test_rare_class_probabilities_and_pools_are_daformers():
     for c in classes:
         pool = [i for i, s in enumerate(stats) if s.get(c, 0) > 3000]
         assert sampler.images_of_class[c].tolist() == pool
+
+
+# ---------------------------------------------------------------- DACS strong augmentation
+
+@pytest.mark.parametrize("n", [64, 100, 128, 512, 1024, 2048])
+def test_blur_kernel_is_dacs(n):
+    """DACS transformsgpu.gaussian_blur: int(floor(ceil(0.1 n) - 0.5 + ceil(0.1 n) % 2))."""
+    k = math.ceil(0.1 * n)
+    assert blur_kernel_size(n) == int(math.floor(k - 0.5 + k % 2))
+
+
+def test_strong_transform_draws_once_per_batch_and_keeps_range():
+    x = torch.rand(3, 3, 16, 20, generator=gen(1))
+    assert torch.equal(strong_transform(x, gen(2), jitter_p=0.0, blur_p=0.0), x)
+    a = strong_transform(x, gen(3), jitter_p=1.0, blur_p=0.0)
+    assert torch.equal(a, strong_transform(x, gen(3), jitter_p=1.0, blur_p=0.0))  # seeded
+    assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, x, atol=1e-3)
+    # per-image factors: the same image twice in a batch is jittered differently
+    twice = strong_transform(x[:1].repeat(2, 1, 1, 1), gen(4), jitter_p=1.0, blur_p=0.0)
+    assert not torch.allclose(twice[0], twice[1], atol=1e-3)
+    # blur alone (draws: jitter, blur, sigma): a Gaussian of the drawn sigma, kernel from the size
+    g = gen(5)
+    _, _, u = torch.rand(3, generator=gen(5)).tolist()
+    blurred = strong_transform(x, g, jitter_p=0.0, blur_p=1.0)
+    k = blur_kernel_size(16), blur_kernel_size(20)
+    ref = torchvision.transforms.v2.functional.gaussian_blur(x, [k[1], k[0]], [0.15 + u] * 2)
+    torch.testing.assert_close(blurred, ref)
+    # strength 0: colour untouched
+    torch.testing.assert_close(colour_jitter(x, 0.0, gen(6)), x, atol=1e-6, rtol=0)

@@ -111,11 +111,19 @@ class SelfTrainingConfig:
     whose other pixels take the teacher's pseudo-labels, weighted by the fraction of pixels above
     `threshold` confidence; the mixed-image loss has weight `weight`; teacher EMA decay `ema`.
     pseudo_weight: image (that fraction per target image) | batch (one fraction over the whole
-    batch, as the official DACS and DAFormer code compute it)."""
+    batch, as the official DACS and DAFormer code compute it).
+    strong_aug: DACS's strong augmentation of the mixed images: colour jitter (probability
+    jitter_p, strength jitter_strength for brightness, contrast, saturation and hue) and a
+    Gaussian blur (probability blur_p), each decided once per iteration
+    (datamodules.debias.photometric)."""
     threshold: float = 0.968
     ema: float = 0.99
     weight: float = 1.0
     pseudo_weight: str = "image"
+    strong_aug: bool = True
+    jitter_p: float = 0.8
+    jitter_strength: float = 0.25
+    blur_p: float = 0.5
 
 
 def _check_adversarial(cfg) -> Optional[str]:

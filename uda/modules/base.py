@@ -189,6 +189,10 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
         """Dataset-normalised images -> RGB in [0, 1]."""
         return (x.float() * self.std + self.mean).clamp(0, 1)
 
+    def from_display(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] -> dataset-normalised images."""
+        return (x - self.mean) / self.std
+
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised image -> [-1, 1] (the translator's space)."""
         return (x * self.std + self.mean) * 2.0 - 1.0

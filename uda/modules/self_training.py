@@ -7,6 +7,7 @@ One training iteration (labelled source x_s, y_s; unlabelled target x_t):
                 the batch (the official DACS / DAFormer code);
   mix           cross-domain ClassMix: half the classes of each source image (image and labels)
                 pasted onto a target image; pasted pixels weigh 1, the others the confidence;
+                then DACS's strong augmentation of the mixed images (colour jitter, blur);
   task step     CE on the source + `weight` x the confidence-weighted CE on the mixed images;
   teacher       after the step, teacher <- a teacher + (1 - a) student, a = min(1 - 1/(it+1), ema).
 The mixing is seeded by the batch's "seed" (reproducible, resumable, different on each rank).
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from datamodules.debias.mixing import classmix
+from datamodules.debias.photometric import strong_transform
 from uda.evaluation.inference import predict_labels
 from uda.losses import segmentation_ce
 from uda.losses.pseudo_label import pseudo_label
@@ -32,9 +34,12 @@ from uda.modules.base import RecipeParts, SegmentationModule
 
 class SelfTraining(SegmentationModule):
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str], threshold: float = 0.968,
-                 ema: float = 0.99, weight: float = 1.0, per_image: bool = True, **common):
-        """`common`: SegmentationModule's arguments (max_steps, optim, eval options, ...)."""
+                 ema: float = 0.99, weight: float = 1.0, per_image: bool = True,
+                 strong_aug: dict | None = None, **common):
+        """strong_aug: keyword arguments of datamodules.debias.photometric.strong_transform
+        (None: off); `common`: SegmentationModule's arguments (max_steps, optim, ...)."""
         super().__init__(segmenter, class_names, **common)
+        self.strong_aug = strong_aug
         self.teacher = EMATeacher(segmenter, ema)
         self.threshold, self.weight, self.per_image = threshold, weight, per_image
         self.teacher_metric = ConfusionMatrixMetric(len(self.class_names))
@@ -52,6 +57,8 @@ class SelfTraining(SegmentationModule):
         dev = x_t.device
         g = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(batch["seed"])
         x, y, w = classmix(src["image"], src["mask"], x_t, labels, g, weight_tgt=confidence)
+        if self.strong_aug is not None:
+            x = self.from_display(strong_transform(self.to_display(x), g, **self.strong_aug))
         return {"image": x, "mask": y, "weight": w, "confidence": confidence}
 
     def training_step(self, batch, batch_idx):
@@ -92,5 +99,8 @@ class SelfTraining(SegmentationModule):
 
 def build(s: SelfTrainingConfig, parts: RecipeParts) -> SelfTraining:
     """The recipe of a `method.self_training` settings section."""
+    strong = (dict(jitter_p=s.jitter_p, strength=s.jitter_strength, blur_p=s.blur_p)
+              if s.strong_aug else None)
     return SelfTraining(parts.segmenter(), parts.class_names, threshold=s.threshold, ema=s.ema,
-                        weight=s.weight, per_image=s.pseudo_weight == "image", **parts.common)
+                        weight=s.weight, per_image=s.pseudo_weight == "image",
+                        strong_aug=strong, **parts.common)
