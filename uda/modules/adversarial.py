@@ -89,8 +89,7 @@ class OutputSpaceAdversarial(SegmentationModule):
                 d_t = self.discriminators[level](self.d_input_map(out_t[level]))
                 losses[f"adv_{level}"] = w_adv * generator_loss(d_t, self.gan_loss,
                                                                 read_as=SOURCE_LABEL)
-        losses.update(self.debias_losses(batch))  # {} without data.debias
-        ok = self.backward_step(opt_seg, sum(losses.values()), "segmenter")
+        ok, losses = self.task_step(opt_seg, losses, batch, "segmenter")
         self.untoggle_optimizer(opt_seg)
         if not ok:
             return

@@ -9,8 +9,9 @@ also written there: `labelIds/<name>_labelIds.png` (official-evaluator ready) an
 `color/<name>_color.png`. Subclasses implement `training_step`
 and `configure_optimizers`.
 
-Debiasing: see `uda.modules.debias.DebiasMixin` (recipes call `source_loss` and add
-`debias_losses`).
+Optimizer steps: `uda.modules.steps.GuardedSteps` (backward_step with the non-finite guard;
+task_step for the task network, which adds the debiasing terms). Debiasing:
+`uda.modules.debias.DebiasMixin` (recipes compute their source CE with `source_loss`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from uda.metrics.results import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin
-from uda.nonfinite import NonFiniteLossError
+from uda.modules.steps import GuardedSteps
 
 
 def poly_lambda(max_steps: int, power: float):
@@ -71,7 +72,7 @@ def forward_keeping_buffers(module: nn.Module, *args):
     return torch.func.functional_call(module, buffers, args)
 
 
-class SegmentationModule(DebiasMixin, pl.LightningModule):
+class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
     #: optimizer.step() calls per training iteration (Lightning's global_step counts those)
     optimizer_steps_per_iteration = 1
 
@@ -136,54 +137,8 @@ class SegmentationModule(DebiasMixin, pl.LightningModule):
         if self.biased is not None:  # trained by its own (GCE) loss in the same step
             groups += self.biased.param_groups(self.optim.lr)
         opt = build_optimizer(groups, self.optim)
+        self._task_opt = opt  # stepped only through task_step (uda.modules.steps)
         return opt, self.poly(opt)
-
-    #: iterations with a non-finite loss that may be skipped before the run stops (0: none)
-    max_nonfinite_skips = 0
-
-    def backward_step(self, optimizer, loss: torch.Tensor, name: str) -> bool:
-        """zero_grad, manual_backward, step: the recipe's optimizer step. A NaN/Inf loss on any
-        rank (decided jointly, so all ranks skip together) skips the step and returns False, up
-        to `max_nonfinite_skips` times; after that NonFiniteLossError stops the run before any
-        checkpoint is written from the bad state (`uda.train` then names the last good one)."""
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            self.nonfinite_skips = getattr(self, "nonfinite_skips", 0) + 1
-            where = f"non-finite {name} loss ({float(loss.detach()):.4g}) at iteration {self.iteration}"
-            if self.nonfinite_skips > self.max_nonfinite_skips:
-                raise NonFiniteLossError(f"{where}; stopping (trainer.max_nonfinite_skips=N "
-                                         "skips up to N such iterations)")
-            rank_zero_warn(f"{where}: iteration skipped ({self.nonfinite_skips}/"
-                           f"{self.max_nonfinite_skips} allowed)")
-            with torch.no_grad():  # the bad forward already moved BN statistics: undo it
-                for buf, saved in zip(self.buffers(), self._buffer_snapshot):
-                    buf.copy_(saved)
-            self._count_skipped_steps()
-            return False
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        self._steps_this_iteration = getattr(self, "_steps_this_iteration", 0) + 1
-        return True
-
-    def _count_skipped_steps(self) -> None:
-        """A skipped step ends its iteration (the recipe returns): count the optimizer steps the
-        iteration will not take, so that Lightning's global_step stays exactly
-        optimizer_steps_per_iteration x iterations and `iteration` (seeds, schedules of
-        validation, checkpoints, max_steps) does not drift after a skip."""
-        missing = self.optimizer_steps_per_iteration - getattr(self, "_steps_this_iteration", 0)
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(max(missing, 0)):
-            progress.increment_ready()
-            progress.increment_completed()
-        self._steps_this_iteration = self.optimizer_steps_per_iteration
-
-    def on_train_batch_start(self, batch, batch_idx):
-        self._steps_this_iteration = 0
-        if self.max_nonfinite_skips > 0:  # buffers are small (BN statistics): cheap to keep
-            self._buffer_snapshot = [b.detach().clone() for b in self.buffers()]
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""

@@ -91,6 +91,7 @@ class DebiasMixin:
         """Mean CE of the (possibly augmented) source batch over its valid pixels: blended
         images train on both label maps (lam, 1 - lam); with LfF each pixel is weighted by its
         (image, class) relative difficulty."""
+        self._source_loss_used = True  # checked by task_step
         ce = lambda lg, y: F.cross_entropy(lg.float(), y, ignore_index=255, reduction="none")  # noqa: E731
         mask = src["mask"]
         if "lam" in src:

@@ -51,8 +51,7 @@ class DRANet(SegmentationModule):
         self.translator = translator
         self.discriminators = nn.ModuleDict(dict(discriminators))
         self.perceptual = perceptual
-        # debiasing terms arrive already weighted (data.debias.*): unit weight here
-        self.w = {"gce_biased": 1.0, **{k: float(v) for k, v in weights.items()}}
+        self.w = {k: float(v) for k, v in weights.items()}
         self.lr_translator, self.lr_d, self.betas = lr_translator, lr_d, tuple(betas)
         self.gan_loss, self.temperature = gan_loss, cadt_temperature
         self.task_to_translator = task_to_translator
@@ -177,12 +176,11 @@ class DRANet(SegmentationModule):
         return sum(self.w[k] * v for k, v in losses.items())
 
     def task_losses(self, batch, x_st) -> dict[str, torch.Tensor]:
-        """Segmentation on the translated and the raw (augmented) source, plus the debiasing
-        terms; LfF weights the translated term."""
+        """Segmentation on the translated and the raw (augmented) source (unweighted); LfF
+        weights the translated term."""
         src = batch["source"]
         return {"seg_translated": self.source_loss(self.segmenter(self.from_unit(x_st)), src),
-                "seg_source": self.source_loss(self.segmenter(src["image"]), src, lff=False),
-                **self.debias_losses(batch)}
+                "seg_source": self.source_loss(self.segmenter(src["image"]), src, lff=False)}
 
     def training_step(self, batch, batch_idx):
         opt_d, opt_g, opt_seg = self.optimizers()
@@ -210,7 +208,8 @@ class DRANet(SegmentationModule):
 
         self.toggle_optimizer(opt_seg)
         t_losses = self.task_losses(batch, out["x_st"].detach())
-        ok = self.backward_step(opt_seg, self.weighted(t_losses), "task")
+        ok, extra = self.task_step(opt_seg, {"task": self.weighted(t_losses)}, batch, "task")
+        t_losses.update({k: v for k, v in extra.items() if k != "task"})  # debiasing terms
         self.untoggle_optimizer(opt_seg)
         if not ok:
             return

@@ -67,9 +67,7 @@ class SelfTraining(SegmentationModule):
         loss_seg = self.source_loss(self.segmenter(batch["source"]["image"]), batch["source"])
         loss_mixed = self.weight * segmentation_ce(self.segmenter(mixed["image"]), mixed["mask"],
                                                    pixel_weight=mixed["weight"])
-        extra = self.debias_losses(batch)  # {} without data.debias
-        stepped = self.backward_step(opt, loss_seg + loss_mixed + sum(extra.values()),
-                                     "segmentation")
+        stepped, terms = self.task_step(opt, {"seg": loss_seg, "mixed": loss_mixed}, batch)
         # the teacher moves after every iteration, a skipped (non-finite) one too; here rather
         # than in a hook, so that callbacks (checkpoints) see the iteration's teacher
         self.teacher.update(self.segmenter, self.iteration)
@@ -79,7 +77,8 @@ class SelfTraining(SegmentationModule):
         self.log("train/loss_seg", loss_seg.detach(), prog_bar=True)
         self.log("train/loss_mixed", loss_mixed.detach())
         self.log("train/pseudo_confident", mixed["confidence"].mean())
-        self.log_dict({f"train/{k}": v.detach() for k, v in extra.items()})
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()
+                       if k not in ("seg", "mixed")})
         self.log("train/lr", sched.get_last_lr()[0])
 
     def validation_step(self, batch, batch_idx):

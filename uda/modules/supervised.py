@@ -15,12 +15,12 @@ class SourceOnly(SegmentationModule):
     def training_step(self, batch, batch_idx):
         opt, sched = self.optimizers(), self.lr_schedulers()
         loss_seg = self.source_loss(self.segmenter(batch["source"]["image"]), batch["source"])
-        extra = self.debias_losses(batch)  # {} without data.debias
-        if not self.backward_step(opt, loss_seg + sum(extra.values()), "segmentation"):
+        stepped, terms = self.task_step(opt, {"seg": loss_seg}, batch)
+        if not stepped:
             return
         sched.step()
         self.log("train/loss_seg", loss_seg.detach(), prog_bar=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in extra.items()})
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "seg"})
         self.log("train/lr", sched.get_last_lr()[0])
 
 
