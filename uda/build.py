@@ -123,6 +123,10 @@ def _segmenter(m, n: int, norm) -> nn.Module:
                         input_std=tuple(norm.std), aspp_branches=m.aspp_branches)
     elif m.name == "drn_c26":
         net = DRNC26(num_classes=n, pretrained=m.pretrained, upsample=m.upsample)
+    elif m.name == "dinov2":
+        from uda.models.vit import ViTSegmenter  # imports timm (seconds): only for this model
+        net = ViTSegmenter(num_classes=n, variant=m.vit_variant, pretrained=m.pretrained,
+                           depth=m.vit_depth, dim=m.vit_dim, layer_decay=m.vit_layer_decay)
     else:
         raise ValueError(f"model.name={m.name!r} is not available")
     return net

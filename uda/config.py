@@ -172,7 +172,14 @@ class ModelConfig:
     chain may change model.name). Loading refuses weights of another layout / input convention.
     The real DeepLabV2 configs set layout=caffe, input_convention=caffe_bgr.
     aspp_branches (deeplabv2): ASPP convolutions summed per head, 1-4 (4 = DeepLab-v2, ADVENT;
-    2 = what AdaptSegNet's and DACS's code compute: it returns inside the summing loop)."""
+    2 = what AdaptSegNet's and DACS's code compute: it returns inside the summing loop).
+    name=dinov2: timm's DINOv2 ViT (vit_variant: s | b | l = ViT-S/14, ViT-B/14, ViT-L/14) with a
+    multi-level pyramid head (uda.models.vit); pretrained: timm weights (.pth / .safetensors), the
+    official dinov2_vit*14_pretrain.pth, or a dinov2 run's checkpoint. vit_depth / vit_dim: toy
+    sizes replacing the variant's number of blocks (>= 4) / width (a multiple of 48); such a
+    network takes no published weights. vit_layer_decay: per-block learning-rate decay of the
+    backbone from its last block (VFM-UDA++: 0.9; 1.0 = the whole backbone at method.optim.lr);
+    the head trains at 10x."""
     name: str = "small"
     width: int = 32
     backbone: str = "resnet101"
@@ -184,6 +191,10 @@ class ModelConfig:
     input_convention: str = "imagenet_rgb"
     upsample: str = "bilinear"
     aspp_branches: int = 4
+    vit_variant: str = "s"
+    vit_depth: Optional[int] = None
+    vit_dim: Optional[int] = None
+    vit_layer_decay: float = 0.9
 
 
 # Keys that existed once: a clear error instead of "key not in the schema" (the methods' own
@@ -348,11 +359,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 _CHOICES = {
     "data.source.dataset": ("gta5", "cityscapes", "synthia"),
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
-    "model.name": ("small", "deeplabv2", "drn_c26"),
+    "model.name": ("small", "deeplabv2", "drn_c26", "dinov2"),
     "model.backbone": ("resnet101", "resnet50"),
     "model.layout": ("torchvision", "caffe"),
     "model.input_convention": ("imagenet_rgb", "caffe_bgr"),
     "model.upsample": ("bilinear", "deconv"),
+    "model.vit_variant": ("s", "b", "l"),
     "method.name": NAMES,
     **{f"method.{m.name}.{k}": v for m in METHODS for k, v in m.choices.items()},
     "method.optim.name": ("sgd", "adam"),
@@ -435,6 +447,7 @@ def _validate_model_options(cfg: DictConfig) -> None:
     """aspp_branches in 1..4; DeepLabV2's input conversion uses one data normalisation: every
     transform must share it."""
     m = cfg.model
+    _validate_vit(m)
     if not 1 <= m.aspp_branches <= 4:
         raise ConfigError(f"model.aspp_branches must be 1..4 (ASPP convolutions summed per head), "
                           f"got {m.aspp_branches}")
@@ -446,6 +459,19 @@ def _validate_model_options(cfg: DictConfig) -> None:
                               "normalisation inside the network: data.source_transform, "
                               "data.target_transform and data.eval_transform must share mean and "
                               f"std (got {norms})")
+
+
+def _validate_vit(m: DictConfig) -> None:
+    """Toy sizes of the DINOv2 ViT: four distinct blocks for the head; a width every variant's
+    head count (6, 12, 16) and the head's three halvings divide."""
+    if m.vit_depth is not None and m.vit_depth < 4:
+        raise ConfigError(f"model.vit_depth must be >= 4 (the head reads four blocks) or null (the "
+                          f"variant's depth), got {m.vit_depth}")
+    if m.vit_dim is not None and (m.vit_dim <= 0 or m.vit_dim % 48):
+        raise ConfigError(f"model.vit_dim must be a positive multiple of 48 or null (the "
+                          f"variant's width), got {m.vit_dim}")
+    if not 0 < m.vit_layer_decay <= 1:
+        raise ConfigError(f"model.vit_layer_decay must be in (0, 1], got {m.vit_layer_decay}")
 
 
 def _validate_accelerator(accelerator: str) -> None:

@@ -1,9 +1,10 @@
 """Loading pretrained weights from local files into segmenters, by name and shape.
 
-Nothing is downloaded here; files are read with `torch.load(weights_only=True)`. Each network
-says how the keys of the formats it knows map onto its own (`uda.models.weight_formats`); the
-format is named in the log and in the `LoadReport`, and module tensors the file leaves as
-initialised are listed in a warning.
+Nothing is downloaded here; files are read with `torch.load(weights_only=True)` (``.safetensors``
+files with `safetensors.torch.load_file`). Each network says how the keys of the formats it knows
+map onto its own (`uda.models.weight_formats`, `uda.models.vit_weights`); the format is named in
+the log and in the `LoadReport`, and module tensors the file leaves as initialised are listed in
+a warning.
 A checkpoint of a uda run (it holds a "uda" entry) is accepted as a warm start only when it fits:
 every backbone tensor (every tensor, for a segmenter without a `backbone`) is loaded; heads may
 differ. Anything else is a `WeightsError` that names `uda train --resume` and `uda evaluate
@@ -55,9 +56,9 @@ class WeightsError(ValueError):
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file with ``torch.load(weights_only=True)`` (no code in the
-    file is executed). Accepts a bare state dict or a dict holding one under ``"state_dict"`` or
-    ``"model"`` (Lightning / training checkpoints). Raises FileNotFoundError / WeightsError naming
-    the file."""
+    file is executed; ``.safetensors`` files with safetensors). Accepts a bare state dict or a
+    dict holding one under ``"state_dict"`` or ``"model"`` (Lightning / training checkpoints).
+    Raises FileNotFoundError / WeightsError naming the file."""
     return _state_dict(_read(path), path)
 
 
@@ -65,11 +66,22 @@ def _read(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        return _read_safetensors(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors, truncated files, non-torch files
         raise WeightsError(f"cannot read pretrained weights file {p} with torch.load(weights_only="
                            f"True): {type(e).__name__}: {e}") from e
+
+
+def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file  # a dependency of timm; only needed here
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as e:  # header or data not in the safetensors format
+        raise WeightsError(f"cannot read pretrained weights file {p} as safetensors: "
+                           f"{type(e).__name__}: {e}") from e
 
 
 def _state_dict(obj, p: str | Path) -> dict[str, torch.Tensor]:
@@ -100,7 +112,9 @@ class WeightsFormat:
     """How the tensors of a file map onto a module: ``candidates(key)`` lists the module names a
     (wrapper-stripped) file key may stand for (first existing name wins), ``ignore(key)`` drops a
     key on purpose (``skipped`` says which, for the report). ``layout`` / ``input_convention`` /
-    ``upsample``: what the weights were trained with, None when the file does not say."""
+    ``upsample``: what the weights were trained with, None when the file does not say.
+    ``convert``: when set, the file's tensors (wrapper-stripped keys) pass through it before they
+    are matched (renaming, resampling; it may raise WeightsError when the file does not fit)."""
     name: str
     candidates: Callable[[str], Iterable[str]]
     ignore: Callable[[str], bool] = lambda key: False
@@ -108,6 +122,7 @@ class WeightsFormat:
     input_convention: Optional[str] = None
     upsample: Optional[str] = None
     skipped: str = ""
+    convert: Optional[Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = None
 
 
 def load_matching_weights(module: nn.Module, path: str | Path,
@@ -138,6 +153,8 @@ def load_weights(module: nn.Module, path: str | Path,
     src = _state_dict(obj, path)
     fmt = detect([strip_wrapper_prefixes(k) for k in src], obj)
     check(fmt)
+    if fmt.convert is not None:
+        src = fmt.convert({strip_wrapper_prefixes(k): v for k, v in src.items()})
     report = LoadReport(path=str(path), format=fmt.name)
     done = _copy(module, src, fmt, report, backbone_prefix)
     if isinstance(obj, dict) and "uda" in obj:
