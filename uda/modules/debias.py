@@ -54,6 +54,9 @@ class DebiasMixin:
                             alpha)[..., :h, :w]
         return self.from_unit(out.clamp(-1, 1))
 
+    #: the recipe trains its own style codec (DRANet overrides codec_translator and sets this)
+    trains_style_codec = False
+
     def codec_translator(self) -> nn.Module:
         if self._codec is None:
             raise RuntimeError("style swap needs a DRANet codec (set_style_codec)")
@@ -64,7 +67,7 @@ class DebiasMixin:
         hooks = {}
         if self.biased is not None:
             hooks["bias_features"] = lambda x: self.biased(x, return_features=True)[1]["enc"].mean((2, 3))
-        if self._codec is not None or getattr(self, "translator", None) is not None:
+        if self._codec is not None or self.trains_style_codec:
             hooks["style_codec"] = self.style_codec
         return hooks
 

@@ -169,6 +169,8 @@ class DRANet(SegmentationModule):
             losses["task_translator"] = segmentation_ce(logits, mask_s)
         return losses
 
+    trains_style_codec = True
+
     def codec_translator(self) -> nn.Module:
         return self.translator  # style swap uses the translator being trained (no gradients)
 
