@@ -1,6 +1,7 @@
 """Loading pretrained weights from local files into segmenters, by name and shape.
 
-Nothing is downloaded here; files are read with `torch.load(weights_only=True)`. Each network
+Nothing is downloaded here; files are read with `torch.load(weights_only=True)` (``.safetensors``
+files with `safetensors.torch.load_file`). Each network
 says how the keys of the formats it knows map onto its own (`uda.models.weight_formats`); the
 format is named in the log and in the `LoadReport`, and module tensors the file leaves as
 initialised are listed in a warning.
@@ -65,11 +66,32 @@ def _read(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        return _read_safetensors(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors, truncated files, non-torch files
         raise WeightsError(f"cannot read pretrained weights file {p} with torch.load(weights_only="
-                           f"True): {type(e).__name__}: {e}") from e
+                           f"True): {type(e).__name__}: {_one_line(e)}") from e
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line; of torch's multi-line weights_only refusal, the
+    unpickler's own reason (its advice to load with weights_only=False is not ours to give)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((lines[i + 1] for i, line in enumerate(lines[:-1])
+                   if line.endswith("WeightsUnpickler error:")), None)
+    return reason or " ".join(lines)
+
+
+def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file (HF hub / timm / SMP weights) as a state dict."""
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as e:  # header or data errors
+        raise WeightsError(f"cannot read pretrained weights file {p} as safetensors: "
+                           f"{type(e).__name__}: {e}") from e
 
 
 def _state_dict(obj, p: str | Path) -> dict[str, torch.Tensor]:
@@ -100,7 +122,9 @@ class WeightsFormat:
     """How the tensors of a file map onto a module: ``candidates(key)`` lists the module names a
     (wrapper-stripped) file key may stand for (first existing name wins), ``ignore(key)`` drops a
     key on purpose (``skipped`` says which, for the report). ``layout`` / ``input_convention`` /
-    ``upsample``: what the weights were trained with, None when the file does not say."""
+    ``upsample``: what the weights were trained with, None when the file does not say.
+    ``convert``: rearranges the (wrapper-stripped) state dict before mapping, for files whose
+    tensors are split or merged differently from the module's (None: used as they are)."""
     name: str
     candidates: Callable[[str], Iterable[str]]
     ignore: Callable[[str], bool] = lambda key: False
@@ -108,6 +132,7 @@ class WeightsFormat:
     input_convention: Optional[str] = None
     upsample: Optional[str] = None
     skipped: str = ""
+    convert: Optional[Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = None
 
 
 def load_matching_weights(module: nn.Module, path: str | Path,
@@ -138,6 +163,8 @@ def load_weights(module: nn.Module, path: str | Path,
     src = _state_dict(obj, path)
     fmt = detect([strip_wrapper_prefixes(k) for k in src], obj)
     check(fmt)
+    if fmt.convert is not None:
+        src = fmt.convert({strip_wrapper_prefixes(k): v for k, v in src.items()})
     report = LoadReport(path=str(path), format=fmt.name)
     done = _copy(module, src, fmt, report, backbone_prefix)
     if isinstance(obj, dict) and "uda" in obj:
