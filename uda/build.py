@@ -30,6 +30,7 @@ from uda.callbacks import IoUTable, IterationProgressBar, QuietLibraries, SyncBu
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
+from uda.models.mit import MiTSegmenter
 from uda.models.weights import WeightsError, load_matching_weights
 from uda.models.sync_bn import convert_sync_batchnorm
 from uda.modules.base import RecipeParts, SegmentationModule
@@ -123,6 +124,9 @@ def _segmenter(m, n: int, norm) -> nn.Module:
                         input_std=tuple(norm.std), aspp_branches=m.aspp_branches)
     elif m.name == "drn_c26":
         net = DRNC26(num_classes=n, pretrained=m.pretrained, upsample=m.upsample)
+    elif m.name == "mit":
+        net = MiTSegmenter(num_classes=n, variant=m.variant, head=m.head, head_dim=m.head_dim,
+                           pretrained=m.pretrained)
     else:
         raise ValueError(f"model.name={m.name!r} is not available")
     return net

@@ -172,7 +172,10 @@ class ModelConfig:
     chain may change model.name). Loading refuses weights of another layout / input convention.
     The real DeepLabV2 configs set layout=caffe, input_convention=caffe_bgr.
     aspp_branches (deeplabv2): ASPP convolutions summed per head, 1-4 (4 = DeepLab-v2, ADVENT;
-    2 = what AdaptSegNet's and DACS's code compute: it returns inside the summing loop)."""
+    2 = what AdaptSegNet's and DACS's code compute: it returns inside the summing loop).
+    mit (uda.models.mit): variant b0..b5 (MiT encoder), head daformer (DAFormer's context-aware
+    fusion) | segformer (all-MLP), head_dim: the head's width (DAFormer 256; 64 for CPU toy runs);
+    pretrained: official SegFormer mit_bX.pth, SMP, HuggingFace or DAFormer files."""
     name: str = "small"
     width: int = 32
     backbone: str = "resnet101"
@@ -184,6 +187,9 @@ class ModelConfig:
     input_convention: str = "imagenet_rgb"
     upsample: str = "bilinear"
     aspp_branches: int = 4
+    variant: str = "b5"
+    head: str = "daformer"
+    head_dim: int = 256
 
 
 # Keys that existed once: a clear error instead of "key not in the schema" (the methods' own
@@ -348,7 +354,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 _CHOICES = {
     "data.source.dataset": ("gta5", "cityscapes", "synthia"),
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
-    "model.name": ("small", "deeplabv2", "drn_c26"),
+    "model.name": ("small", "deeplabv2", "drn_c26", "mit"),
+    "model.variant": ("b0", "b1", "b2", "b3", "b4", "b5"),
+    "model.head": ("daformer", "segformer"),
     "model.backbone": ("resnet101", "resnet50"),
     "model.layout": ("torchvision", "caffe"),
     "model.input_convention": ("imagenet_rgb", "caffe_bgr"),
@@ -371,6 +379,7 @@ _AT_LEAST = {
     "data.val_batch_size": (1, "images per validation batch"),
     "data.num_workers": (0, "loader processes per dataloader; 0 loads in the main process"),
     "seed": (0, "the global seed; use an integer >= 0"),
+    "model.head_dim": (1, "channels of the MiT decode head (model.name=mit)"),
 }
 
 
