@@ -2,8 +2,9 @@
 """Checks of the MiT segmenter (uda.models.mit) that need what the CPU test suite lacks.
 
 1. HuggingFace parity (needs `transformers`, not a uda dependency): a randomly initialised HF
-   ``SegformerModel`` and ``SegformerForImageClassification`` (MiT-B0 settings) saved as
-   ``model.safetensors`` and loaded through ``MiTSegmenter(pretrained=...)``: the four stage
+   ``SegformerModel`` and ``SegformerForImageClassification`` (MiT-B0 settings) saved with
+   ``save_pretrained`` (the hub's names) and as its ``state_dict()`` (transformers >= 5 names)
+   and loaded through ``MiTSegmenter(pretrained=...)``: the four stage
    outputs must equal HF's hidden states (float64; HF's block and stage LayerNorms set to the
    official eps 1e-6 first, HF uses 1e-5 there), which checks the key / value merge of the
    converter on the real HF modules.
@@ -37,27 +38,36 @@ def hf_parity() -> None:
         return
     from safetensors.torch import save_file
     for cls in (SegformerModel, SegformerForImageClassification):
-        torch.manual_seed(0)
-        hf = cls(SegformerConfig(**B0)).eval().double()
-        for name, m in hf.named_modules():
-            if isinstance(m, torch.nn.LayerNorm) and re.search(
-                    r"\.layer_norm_[12]$|encoder\.layer_norm\.\d+$", name):
-                m.eps = 1e-6
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "model.safetensors"
-            save_file({k: v.float().contiguous() for k, v in hf.state_dict().items()}, str(path))
-            ours = MiTSegmenter(19, "b0", "daformer", 64, pretrained=path).eval().double()
-        rep = ours.load_report
-        print(f"{cls.__name__}: {rep.format}; loaded {rep.loaded}, unused {rep.unused}, "
-              f"left as initialised {rep.missing} (the decode head)")
-        x = torch.randn(2, 3, 67, 101, dtype=torch.float64)
-        with torch.no_grad():
-            base = getattr(hf, "segformer", hf)
-            ref = base(x, output_hidden_states=True).hidden_states
-            _, feats = ours(x, return_features=True)
-        for i, (a, b) in enumerate(zip(ref, feats["stages"]), start=1):
-            print(f"  stage {i} {tuple(b.shape)}: max |ours - HF| {(a - b).abs().max():.2e} "
-                  f"(max |HF| {a.abs().max():.2e})")
+        for how in ("state_dict", "save_pretrained"):
+            hf_case(cls(SegformerConfig(**B0)).eval(), how, save_file)
+
+
+def hf_case(hf, how: str, save_file) -> None:
+    """Save ``hf`` by ``how`` (its ``state_dict()`` as safetensors: transformers >= 5 names;
+    ``save_pretrained``: the hub's names), load it into MiT-B0, compare the stages."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.safetensors"
+        if how == "save_pretrained":
+            hf.save_pretrained(d)
+        else:
+            save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
+        ours = MiTSegmenter(19, "b0", "daformer", 64, pretrained=path).eval().double()
+    hf = hf.double()
+    for name, m in hf.named_modules():
+        if isinstance(m, torch.nn.LayerNorm) and re.search(  # transformers < 5 | >= 5 names
+                r"\.layer_norm_[12]$|encoder\.layer_norm\.\d+$|\.layernorm_(before|after)$|"
+                r"stages\.\d+\.layer_norm$", name):
+            m.eps = 1e-6
+    rep = ours.load_report
+    print(f"{type(hf).__name__} via {how}: {rep.format}; loaded {rep.loaded}, unused "
+          f"{rep.unused}, left as initialised {rep.missing} (the decode head)")
+    x = torch.randn(2, 3, 67, 101, dtype=torch.float64)
+    with torch.no_grad():
+        ref = getattr(hf, "segformer", hf)(x, output_hidden_states=True).hidden_states
+        _, feats = ours(x, return_features=True)
+    for i, (a, b) in enumerate(zip(ref, feats["stages"]), start=1):
+        print(f"  stage {i} {tuple(b.shape)}: max |ours - HF| {(a - b).abs().max():.2e} "
+              f"(max |HF| {a.abs().max():.2e})")
 
 
 def step_time(variant: str, head: str, dim: int, batch: int, size: tuple[int, int],

@@ -72,30 +72,46 @@ def official_file(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
 HF_NAMES = {"norm1": "layer_norm_1", "norm2": "layer_norm_2", "attn.q": "attention.self.query",
             "attn.sr": "attention.self.sr", "attn.norm": "attention.self.layer_norm",
             "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.dense1",
-            "mlp.fc2": "mlp.dense2", "mlp.dwconv.dwconv": "mlp.dwconv.dwconv"}
+            "mlp.fc2": "mlp.dense2", "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+            "k": "attention.self.key", "v": "attention.self.value"}
+# transformers >= 5 renamed the modules (its state_dict(); save_pretrained writes the names
+# above): stages[i] = (patch_embeddings (proj, layer_norm), blocks[j] (layernorm_before,
+# attention.{q,k,v,o}_proj, attention.sequence_reduction.{sequence_reduction, layer_norm},
+# layernorm_after, mlp.{fc1, dwconv.dwconv, fc2}), layer_norm).
+HF5_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.q": "attention.q_proj",
+             "attn.sr": "attention.sequence_reduction.sequence_reduction",
+             "attn.norm": "attention.sequence_reduction.layer_norm",
+             "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+             "mlp.dwconv.dwconv": "mlp.dwconv.dwconv", "k": "attention.k_proj",
+             "v": "attention.v_proj"}
 
 
-def to_hf(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_hf(official: dict[str, torch.Tensor], v5: bool = False) -> dict[str, torch.Tensor]:
+    names = HF5_NAMES if v5 else HF_NAMES
+    patch, block, norm = (("stages.{}.patch_embeddings", "stages.{}.blocks", "stages.{}.layer_norm")
+                          if v5 else ("encoder.patch_embeddings.{}", "encoder.block.{}",
+                                      "encoder.layer_norm.{}"))
     out = {}
     for key, t in official.items():
         parts = key.split(".")
         top, p = parts[0], parts[-1]
+        stage = top[-1].isdigit() and int(top[-1]) - 1
         if top == "head":
             out[f"classifier.{p}"] = t
         elif top.startswith("patch_embed"):
             layer = {"proj": "proj", "norm": "layer_norm"}[parts[1]]
-            out[f"segformer.encoder.patch_embeddings.{int(top[-1]) - 1}.{layer}.{p}"] = t
+            out[f"segformer.{patch.format(stage)}.{layer}.{p}"] = t
         elif top.startswith("norm"):
-            out[f"segformer.encoder.layer_norm.{int(top[-1]) - 1}.{p}"] = t
+            out[f"segformer.{norm.format(stage)}.{p}"] = t
         else:
-            pre = f"segformer.encoder.block.{int(top[-1]) - 1}.{parts[1]}."
+            pre = f"segformer.{block.format(stage)}.{parts[1]}."
             name = ".".join(parts[2:-1])
             if name == "attn.kv":  # the official kv rows: key first, then value
                 k, v = t.chunk(2, 0)
-                out[f"{pre}attention.self.key.{p}"] = k.clone()
-                out[f"{pre}attention.self.value.{p}"] = v.clone()
+                out[f"{pre}{names['k']}.{p}"] = k.clone()
+                out[f"{pre}{names['v']}.{p}"] = v.clone()
             else:
-                out[f"{pre}{HF_NAMES[name]}.{p}"] = t
+                out[f"{pre}{names[name]}.{p}"] = t
     return out
 
 
@@ -256,9 +272,10 @@ def test_smp_model_file_loads(tmp_path):
     assert model.load_report.format == SMP_MODEL and model.load_report.unused == 2
 
 
-def test_hf_safetensors_file_loads_and_computes_the_same(tmp_path):
+@pytest.mark.parametrize("v5", [False, True], ids=["hub_names", "transformers5_names"])
+def test_hf_safetensors_file_loads_and_computes_the_same(tmp_path, v5):
     official = official_file("b0", seed=1)
-    save_file(to_hf(official), str(tmp_path / "model.safetensors"))
+    save_file(to_hf(official, v5), str(tmp_path / "model.safetensors"))
     torch.save(official, tmp_path / "mit_b0.pth")
     torch.manual_seed(0)
     from_hf = MiTSegmenter(19, "b0", head_dim=16, pretrained=tmp_path / "model.safetensors")

@@ -3,9 +3,13 @@
 
 - ``segformer.encoder.*`` / ``encoder.patch_embeddings.*``: HuggingFace transformers
   (``nvidia/mit-bX`` ImageNet files, any ``Segformer*`` model; ``pytorch_model.bin`` or
-  ``model.safetensors``). Converted to the official names: ``patch_embeddings.i`` ->
-  ``patch_embed{i+1}`` (``layer_norm`` -> ``norm``), ``block.i.j`` -> ``block{i+1}.j``
-  (``layer_norm_1/2`` -> ``norm1/2``, ``attention.self.query`` -> ``attn.q``, ``key`` and
+  ``model.safetensors``; what ``save_pretrained`` writes), or ``segformer.stages.*`` /
+  ``stages.*``: a transformers >= 5 ``state_dict()`` (its module names, first mapped back to
+  the former: ``stages.i.blocks`` -> ``encoder.block.i``, ``q/k/v_proj`` -> ``attention.self.
+  query/key/value``, ``o_proj`` -> ``attention.output.dense``, ...). Converted to the official
+  names: ``patch_embeddings.i`` -> ``patch_embed{i+1}`` (``layer_norm`` -> ``norm``),
+  ``block.i.j`` -> ``block{i+1}.j`` (``layer_norm_1/2`` -> ``norm1/2``,
+  ``attention.self.query`` -> ``attn.q``, ``key`` and
   ``value`` concatenated (key first) -> ``attn.kv``, ``attention.self.sr/layer_norm`` ->
   ``attn.sr/norm``, ``attention.output.dense`` -> ``attn.proj``, ``mlp.dense1/2`` ->
   ``mlp.fc1/2``), ``layer_norm.i`` -> ``norm{i+1}``. Encoder only: its classifier and decode
@@ -45,6 +49,9 @@ EXPECTED = ("keys like 'patch_embed1.proj.weight', 'block1.0.attn.q.weight' (off
             "'backbone.patch_embed1.*' (uda run, DAFormer / mmseg SegFormer checkpoint) or "
             "'segformer.encoder.patch_embeddings.*' (HuggingFace nvidia/mit-bX)")
 _DAFORMER_COPIES = ("ema_model.", "imnet_model.")
+# HF encoder keys: the hub's names, transformers >= 5 module names (``stages.i``)
+_HF_ENCODER = ("segformer.encoder.", "encoder.patch_embeddings.", "segformer.stages.",
+               "stages.0.patch_embeddings.")
 
 # (official widths, depths) of each published variant, for naming a file's variant
 PUBLISHED = {
@@ -64,7 +71,7 @@ def _is_encoder(key: str) -> bool:
 def mit_format(keys: list[str], obj, path) -> WeightsFormat:
     """The format of a MiT weights file from its wrapper-stripped keys (module docstring);
     WeightsError naming ``path`` when no rule holds."""
-    if any(k.startswith(("segformer.encoder.", "encoder.patch_embeddings.")) for k in keys):
+    if any(k.startswith(_HF_ENCODER) for k in keys):
         return WeightsFormat(HF, _official, ignore=lambda k: not _is_encoder(k),
                              convert=hf_to_official,
                              skipped="its classifier / decode head is skipped")
@@ -97,15 +104,40 @@ _HF_BLOCK = {"layer_norm_1": "norm1", "layer_norm_2": "norm2", "attention.self.q
              "mlp.dense2": "mlp.fc2", "mlp.dwconv.dwconv": "mlp.dwconv.dwconv"}
 
 
+# transformers >= 5 module names (``model.state_dict()``; its save_pretrained and the hub files
+# keep the names above) -> those names: the inverse of transformers' own SegformerModel renaming
+_HF5_NAMES = [(r"^stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
+              (r"^stages\.(\d+)\.blocks\.", r"encoder.block.\1."),
+              (r"^stages\.(\d+)\.layer_norm\.", r"encoder.layer_norm.\1."),
+              (r"\.attention\.q_proj\.", ".attention.self.query."),
+              (r"\.attention\.k_proj\.", ".attention.self.key."),
+              (r"\.attention\.v_proj\.", ".attention.self.value."),
+              (r"\.attention\.o_proj\.", ".attention.output.dense."),
+              (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.self.sr."),
+              (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.self.layer_norm."),
+              (r"\.mlp\.fc([12])\.", r".mlp.dense\1."),
+              (r"\.layernorm_before\.", ".layer_norm_1."),
+              (r"\.layernorm_after\.", ".layer_norm_2.")]
+
+
+def _hf_legacy(key: str) -> str:
+    """An HF encoder key under the hub's names (``encoder.block.i.j...``), ``segformer.`` off."""
+    key = key.removeprefix("segformer.")
+    if key.startswith("stages."):
+        for pattern, name in _HF5_NAMES:
+            key = re.sub(pattern, name, key)
+    return key
+
+
 def hf_to_official(src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A HuggingFace Segformer state dict with its encoder under the official MiT names (module
     docstring); keys outside the encoder are kept as they are (then skipped)."""
+    src = {_hf_legacy(k): v for k, v in src.items()}
     out: dict[str, torch.Tensor] = {}
-    for key, t in src.items():
-        k = key.removeprefix("segformer.")
+    for k, t in src.items():
         top = re.match(r"encoder\.(patch_embeddings|layer_norm)\.(\d+)\.(.+)", k)
         blk = re.match(r"encoder\.block\.(\d+)\.(\d+)\.(.+)\.(weight|bias)$", k)
-        value = key.replace(".attention.self.key.", ".attention.self.value.")
+        value = k.replace(".attention.self.key.", ".attention.self.value.")
         if top:
             kind, i, rest = top.groups()
             stage = int(i) + 1
@@ -118,7 +150,7 @@ def hf_to_official(src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             i, j, path, p = blk.groups()
             out[f"block{int(i) + 1}.{j}.{_HF_BLOCK[path]}.{p}"] = t
         elif not (blk and blk.group(3) == "attention.self.value"):
-            out[key] = t
+            out[k] = t
     return out
 
 
