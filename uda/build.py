@@ -30,6 +30,7 @@ from uda.callbacks import IoUTable, IterationProgressBar, QuietLibraries, SyncBu
 from uda.checkpoint_io import config_for, read_checkpoint
 from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
+from uda.models.mit import MiTSegmenter
 from uda.models.weights import WeightsError, load_matching_weights
 from uda.models.sync_bn import convert_sync_batchnorm
 from uda.modules.base import RecipeParts, SegmentationModule
@@ -127,6 +128,9 @@ def _segmenter(m, n: int, norm) -> nn.Module:
         from uda.models.vit import ViTSegmenter  # imports timm (seconds): only for this model
         net = ViTSegmenter(num_classes=n, variant=m.vit_variant, pretrained=m.pretrained,
                            depth=m.vit_depth, dim=m.vit_dim, layer_decay=m.vit_layer_decay)
+    elif m.name == "mit":
+        net = MiTSegmenter(num_classes=n, variant=m.variant, head=m.head, head_dim=m.head_dim,
+                           pretrained=m.pretrained)
     else:
         raise ValueError(f"model.name={m.name!r} is not available")
     return net

@@ -179,7 +179,10 @@ class ModelConfig:
     sizes replacing the variant's number of blocks (>= 4) / width (a multiple of 48); such a
     network takes no published weights. vit_layer_decay: per-block learning-rate decay of the
     backbone from its last block (VFM-UDA++: 0.9; 1.0 = the whole backbone at method.optim.lr);
-    the head trains at 10x."""
+    the head trains at 10x.
+    mit (uda.models.mit): variant b0..b5 (MiT encoder), head daformer (DAFormer's context-aware
+    fusion) | segformer (all-MLP), head_dim: the head's width (DAFormer 256; 64 for CPU toy runs);
+    pretrained: official SegFormer mit_bX.pth, SMP, HuggingFace or DAFormer files."""
     name: str = "small"
     width: int = 32
     backbone: str = "resnet101"
@@ -195,6 +198,9 @@ class ModelConfig:
     vit_depth: Optional[int] = None
     vit_dim: Optional[int] = None
     vit_layer_decay: float = 0.9
+    variant: str = "b5"
+    head: str = "daformer"
+    head_dim: int = 256
 
 
 # Keys that existed once: a clear error instead of "key not in the schema" (the methods' own
@@ -359,7 +365,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 _CHOICES = {
     "data.source.dataset": ("gta5", "cityscapes", "synthia"),
     "data.target.dataset": ("gta5", "cityscapes", "synthia"),
-    "model.name": ("small", "deeplabv2", "drn_c26", "dinov2"),
+    "model.name": ("small", "deeplabv2", "drn_c26", "dinov2", "mit"),
+    "model.variant": ("b0", "b1", "b2", "b3", "b4", "b5"),
+    "model.head": ("daformer", "segformer"),
     "model.backbone": ("resnet101", "resnet50"),
     "model.layout": ("torchvision", "caffe"),
     "model.input_convention": ("imagenet_rgb", "caffe_bgr"),
@@ -383,6 +391,7 @@ _AT_LEAST = {
     "data.val_batch_size": (1, "images per validation batch"),
     "data.num_workers": (0, "loader processes per dataloader; 0 loads in the main process"),
     "seed": (0, "the global seed; use an integer >= 0"),
+    "model.head_dim": (1, "channels of the MiT decode head (model.name=mit)"),
 }
 
 

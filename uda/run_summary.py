@@ -25,6 +25,8 @@ def model_text(cfg: Config, weights: str | None = None) -> str:
         text = f"deeplabv2 {m.backbone} ({m.layout} layout, {m.input_convention} input)" + (
             ", multi-level" if m.multi_level else "") + (
             f", {m.aspp_branches} ASPP branches" if m.aspp_branches != 4 else "")
+    elif m.name == "mit":
+        text = f"mit_{m.variant} ({m.head} head, {m.head_dim} channels)"
     else:
         text = m.name
     if m.pretrained:

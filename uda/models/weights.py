@@ -2,7 +2,8 @@
 
 Nothing is downloaded here; files are read with `torch.load(weights_only=True)` (``.safetensors``
 files with `safetensors.torch.load_file`). Each network says how the keys of the formats it knows
-map onto its own (`uda.models.weight_formats`, `uda.models.vit_weights`); the format is named in
+map onto its own (`uda.models.weight_formats`, `uda.models.vit_weights`,
+`uda.models.mit_weights`); the format is named in
 the log and in the `LoadReport`, and module tensors the file leaves as initialised are listed in
 a warning.
 A checkpoint of a uda run (it holds a "uda" entry) is accepted as a warm start only when it fits:
@@ -72,14 +73,24 @@ def _read(path: str | Path):
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors, truncated files, non-torch files
         raise WeightsError(f"cannot read pretrained weights file {p} with torch.load(weights_only="
-                           f"True): {type(e).__name__}: {e}") from e
+                           f"True): {type(e).__name__}: {_one_line(e)}") from e
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line; of torch's multi-line weights_only refusal, the
+    unpickler's own reason (its advice to load with weights_only=False is not ours to give)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((lines[i + 1] for i, line in enumerate(lines[:-1])
+                   if line.endswith("WeightsUnpickler error:")), None)
+    return reason or " ".join(lines)
 
 
 def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file  # a dependency of timm; only needed here
+    """A ``.safetensors`` file (HF hub / timm / SMP weights) as a state dict."""
+    from safetensors.torch import load_file
     try:
         return load_file(str(p), device="cpu")
-    except Exception as e:  # header or data not in the safetensors format
+    except Exception as e:  # header or data errors
         raise WeightsError(f"cannot read pretrained weights file {p} as safetensors: "
                            f"{type(e).__name__}: {e}") from e
 
