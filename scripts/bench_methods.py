@@ -25,11 +25,13 @@ fp16 autocast with a CPU GradScaler (Lightning itself would switch CPU runs to b
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import gc
 import json
 import math
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,8 +127,10 @@ def random_vgg19_weights(directory: str | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def shared_vgg19_weights() -> Path:
-    """One `random_vgg19_weights` file per process."""
-    return random_vgg19_weights()
+    """One `random_vgg19_weights` file per process (80 MB), removed when the process exits."""
+    w = random_vgg19_weights()
+    atexit.register(shutil.rmtree, w.parent, ignore_errors=True)
+    return w
 
 
 def random_datamodule(crop: tuple[int, int], batch: int, target_crop: tuple[int, int] | None = None,
