@@ -53,7 +53,15 @@ SUMMARY=$OUT/summary.txt
 LOG=$OUT/setup_tests.log
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled WANDB_SILENT=true
 
-ITEMS=(source_only adversarial dranet configs/gta5_cityscapes/adaptsegnet_official.yaml
+# self-training at its real config, and on the two new backbones (MiT-B5 + DAFormer head,
+# DINOv2 ViT-L + pyramid head): YAMLs written here, extending the real self_training config
+for spec in "mit_b5:{name: mit, variant: b5, head: daformer, head_dim: 256}" \
+            "dinov2_l:{name: dinov2, vit_variant: l}"; do
+    printf 'defaults: [%s]\nmodel: %s\n' "$PWD/configs/gta5_cityscapes/self_training.yaml" \
+        "${spec#*:}" > "$WORK/self_training_${spec%%:*}.yaml"
+done
+ITEMS=(source_only adversarial dranet self_training "$WORK/self_training_mit_b5.yaml"
+       "$WORK/self_training_dinov2_l.yaml" configs/gta5_cityscapes/adaptsegnet_official.yaml
        configs/gta5_cityscapes/advent_official.yaml configs/gta5_cityscapes/dacs_official.yaml)
 GAN_ITEMS=(adversarial dranet)
 if [ "$DRY" = 1 ]; then
@@ -67,9 +75,9 @@ if [ "$DRY" = 1 ]; then
                  "data.target_transform.resize=[64,128]" "data.target_transform.crop=[32,64]"
                  "data.eval_transform.resize=[64,128]" eval.translation_images=2)
 else
-    BUDGET=${BENCH_GPU_BUDGET:-400}; ACC=gpu
+    BUDGET=${BENCH_GPU_BUDGET:-480}; ACC=gpu
     BENCH_ARGS=(--iters 5 --warmup 2)
-    GROUP_S=(130 120 60)
+    GROUP_S=(170 160 60)
     SRC_SIZE=1052x1914; TGT_SIZE=1024x2048; NSRC=16; NTGT=16; NVAL=4
     ITERS=200; FALLBACK_ITERS=50
     TRAIN_EXTRA=(trainer.accelerator=gpu data.num_workers=8)
