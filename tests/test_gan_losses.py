@@ -104,3 +104,15 @@ def test_normalised_content_loss_ignores_per_channel_statistics():
     n = instance_normalize(a)
     assert torch.allclose(n.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-6)
     assert torch.allclose(n.var(dim=(2, 3), unbiased=False), torch.ones(2, 3), atol=1e-3)
+
+
+def test_gram_matrix_stays_float32_under_float16_autocast():
+    """A 16-mixed run autocasts matmuls to float16: the Gram of a full frame's features (sums of
+    ~1e9) would overflow to inf; gram_matrix and the layout loss compute in float32."""
+    feat = torch.full((1, 2, 64, 64), 300.0)
+    with torch.autocast("cpu", dtype=torch.float16):
+        raw = feat.reshape(1, 2, -1) @ feat.reshape(1, 2, -1).transpose(1, 2)
+        g = gram_matrix(feat)
+    assert raw.dtype == torch.float16 and not torch.isfinite(raw).all()  # what autocast does
+    assert g.dtype == torch.float32
+    torch.testing.assert_close(g, torch.full((1, 2, 2), 300.0 ** 2 / 2))

@@ -29,11 +29,13 @@ def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
 
     Dividing by H * W makes it a mean over pixels, so crops and full frames give comparable
     values; the extra 1/C keeps the scale of style losses similar across layers of different
-    width. Computed in float32 (squares overflow half precision).
+    width. Computed in float32, autocast off (a 16-mixed run would otherwise multiply in float16,
+    whose sums over a frame's pixels overflow).
     """
     b, c, h, w = feat.shape
-    f = feat.float().reshape(b, c, h * w)
-    return f @ f.transpose(1, 2) / (c * h * w)
+    with torch.autocast(feat.device.type, enabled=False):
+        f = feat.float().reshape(b, c, h * w)
+        return f @ f.transpose(1, 2) / (c * h * w)
 
 
 def instance_normalize(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -89,5 +91,7 @@ def layout_colour_loss(m: torch.Tensor, b: torch.Tensor, mean_from: torch.Tensor
     m @ mean_from + b against mean_to. Both domains share their layouts in distribution (sky
     above, road below), and a linear map commutes with the mean, so the true colour map
     satisfies this position by position; the loss is convex in (m, b)."""
-    pred = torch.einsum("bij,jhw->bihw", m.float(), mean_from) + b.float()[:, :, None, None]
+    with torch.autocast(m.device.type, enabled=False):  # float32 even in a mixed-precision run
+        pred = (torch.einsum("bij,jhw->bihw", m.float(), mean_from.float())
+                + b.float()[:, :, None, None])
     return (pred - mean_to).pow(2).mean()
