@@ -10,7 +10,8 @@ dir=${1:-.whl}
 mkdir -p "$dir"
 for pkg in albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 \
            annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
-           stringzilla==5.3.2 simsimd==6.5.16 omegaconf==2.4.0 cityscapesScripts==2.3.0; do
+           stringzilla==5.3.2 simsimd==6.5.16 omegaconf==2.4.0 cityscapesScripts==2.3.0 \
+           segmentation-models-pytorch==0.6.0; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$dir" "$pkg"
