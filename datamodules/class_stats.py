@@ -6,7 +6,7 @@ line per label file: its signature [path relative to the root, size, mtime in ns
 of the 19 trainIds + ignore at the label's native size. `uda data prepare` writes them; a run
 start reads them and computes (and appends) only those of label files it has no line for: a
 new list file, added or changed label files. Nothing is written when the folder is not writable
-or `prepared` is 'off'; the message says so and how to change it.
+or `prepared` is false; the message says so and how to change it.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _counts(dataset, label: Path) -> list[int]:
 def _store(dataset, path: Optional[Path], new: dict) -> str:
     """Append the new counts; what was done, for the message."""
     if path is None:
-        return "not cached (prepared='off'); unset it to cache them"
+        return "not cached (prepared=false); unset it to cache them"
     try:
         ensure_folder(path.parent.parent, dataset.dataset_name, dataset.root)
         path.parent.mkdir(exist_ok=True)

@@ -32,7 +32,7 @@ from uda.atomic_write import write_json_atomic
 AUTO_FOLDER = ".uda_prepared"
 MARKER = "uda_prepared.json"
 FORMAT = 1
-OFF = "off"
+OFF = ("false", "off")  # YAML reads `false` and `off` as False, which a str key stores as "False"
 
 Signature = tuple  # (relative path: str, size: int, mtime_ns: int)
 
@@ -51,11 +51,12 @@ def size_name(size) -> str:
 
 
 def resolve_folder(root: Path, setting: Optional[str]) -> Optional[Path]:
-    """The prepared folder of `root`: `setting` None -> <root>/.uda_prepared (which may not exist
-    yet), 'off' -> None (originals only), else the folder named, which must exist."""
-    if setting == OFF:
+    """The prepared folder of `root`: `setting` None (or '') -> <root>/.uda_prepared (which may
+    not exist yet), false / 'off' -> None (originals only), else the folder named, which must
+    exist."""
+    if setting is False or str(setting).lower() in OFF:
         return None
-    if setting is None:
+    if not setting:
         return root / AUTO_FOLDER
     folder = Path(setting)
     if not folder.is_dir():
@@ -211,7 +212,7 @@ class PreparedSplit:
 
 def find_prepared(root: Path, split: str, dataset: str, setting: Optional[str]
                   ) -> tuple[Optional[Path], Optional[PreparedSplit]]:
-    """(prepared folder of the root or None when 'off', its prepared split or None)."""
+    """(prepared folder of the root or None when off, its prepared split or None)."""
     folder = resolve_folder(root, setting)
     if folder is None or not folder.is_dir():
         return folder, None

@@ -139,7 +139,7 @@ def measure(name: str, root: Path, out: Path, split: str, args) -> dict:
     summary = prepare_dataset(dataset, root, split, out=out, sizes=[resize], workers=1)
     prep_s = (time.perf_counter() - t) / summary["prepared"] if summary["prepared"] else math.nan
     cls = DATASETS[dataset]
-    raw = cls(root, split, transform=transform, labelled=labelled, prepared="off")
+    raw = cls(root, split, transform=transform, labelled=labelled, prepared=False)
     ready = cls(root, split, transform=transform, labelled=labelled, prepared=out)
     n = len(raw)
 

@@ -96,7 +96,7 @@ def test_prepared_items_equal_raw_items(toy, dataset, monkeypatch):
                       build_transform(resize=TRAIN["resize"], transform_mask=False),  # evaluation
                       build_transform(crop=(24, 40), hflip=0.5), None):  # native size
         for labelled in (True, False):
-            raw = cls(root, split, transform=transform, labelled=labelled, prepared="off")
+            raw = cls(root, split, transform=transform, labelled=labelled, prepared=False)
             prepared = cls(root, split, transform=transform, labelled=labelled)
             assert raw.prepared is None and prepared.prepared is not None
             seen = reads(monkeypatch)
@@ -123,7 +123,7 @@ def test_real_cityscapes_and_gta5_prepared_equal_raw(real_samples, tmp_path, mon
     assert (summary["prepared"], summary["skipped"]) == (2, 0)
     assert snapshot(cs) == before and not (cs / ".uda_prepared").exists()
     t = build_transform(resize=(512, 1024), scale_range=(0.5, 1.5), crop=(256, 256), hflip=0.5)
-    raw = CityscapesDataset(cs, "train", transform=t, prepared="off")
+    raw = CityscapesDataset(cs, "train", transform=t, prepared=False)
     prepared = CityscapesDataset(cs, "train", transform=t, prepared=out)
     seen = reads(monkeypatch)
     assert_same_items(raw, prepared, seeds=(5,))
@@ -141,7 +141,7 @@ def test_real_cityscapes_and_gta5_prepared_equal_raw(real_samples, tmp_path, mon
         "resized (nearest) when loaded"]
     t = build_transform(resize=(100, 178), crop=(64, 64), hflip=0.5)
     with pytest.warns(UserWarning, match="label size 512x256"):
-        raw_items = [GTA5Dataset(gta, transform=t, prepared="off")[(0, s)] for s in (1, 2)]
+        raw_items = [GTA5Dataset(gta, transform=t, prepared=False)[(0, s)] for s in (1, 2)]
     items = [GTA5Dataset(gta, transform=t)[(0, s)] for s in (1, 2)]
     for a, b in zip(raw_items, items):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
@@ -244,7 +244,7 @@ def test_changed_original_is_read_raw_and_prepared_again(toy):
     assert ds.prepared.native_label(ds.samples[1]) is None  # stale: the original is read
     assert ds.prepared.native_label(ds.samples[0]) is not None
     assert set(ds[(1, 0)]["mask"].unique().tolist()) <= {0, 255}
-    assert_same_items(GTA5Dataset(root, transform=t, prepared="off"), ds, seeds=(0,))
+    assert_same_items(GTA5Dataset(root, transform=t, prepared=False), ds, seeds=(0,))
     summary = prepare_dataset("gta5", root, "train", sizes=[(48, 96)])
     assert (summary["prepared"], summary["skipped"]) == (1, 11)
     prepared = read_label(root / ".uda_prepared" / "train" / "labels" / "00002.png")
@@ -347,8 +347,8 @@ def test_class_counts_from_prepare_and_not_cached_when_read_only(real_samples, t
     assert "computed 2 of them (first run); not cached (" in message
     assert not (real_samples / "cityscapes" / ".uda_prepared").exists()
     counts, message = class_counts(CityscapesDataset(real_samples / "cityscapes", "train",
-                                                     prepared="off"), 19)
-    assert message.endswith("not cached (prepared='off'); unset it to cache them")
+                                                     prepared=False), 19)
+    assert message.endswith("not cached (prepared=false); unset it to cache them")
 
 
 def test_run_start_reads_the_cached_statistics(toy, tmp_path, capsys):
@@ -362,3 +362,11 @@ def test_run_start_reads_the_cached_statistics(toy, tmp_path, capsys):
     build_datamodule(cfg)
     assert capsys.readouterr().out == (f"uda: rare-class sampling: class statistics of 12 gta5 "
                                        f"train labels read from {cache}\n")
+    cfg = shrunk_config(toy, tmp_path / "run", "source_only", "data.debias.rare_class.enabled=true",
+                        "data.source.prepared=false")
+    dm = build_datamodule(cfg)
+    assert dm.source_train.prepared_folder is None
+    assert capsys.readouterr().out.endswith("not cached (prepared=false); unset it to cache them\n")
+    cfg.data.source.prepared = str(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="missing: prepared folder not found"):
+        build_datamodule(cfg)

@@ -13,10 +13,10 @@ whose size differs from its image's is resized to it (nearest), with a warning n
 (once per file and process), as `data check` reports it.
 
 Prepared files (`uda data prepare`, `datamodules.prepared`): `prepared` None finds
-`<root>/.uda_prepared`, a folder names another, 'off' reads the originals only. A sample whose
-originals are unchanged since they were prepared is read from its trainIds map and, when the
-transform starts with a resize that was prepared, from its resized copies; the items are the
-same as from the originals.
+`<root>/.uda_prepared`, a folder names another, False ('false', 'off') reads the originals only.
+A sample whose originals are unchanged since they were prepared is read from its trainIds map
+and, when the transform starts with a resize that was prepared, from its resized copies; the
+items are the same as from the originals.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ class SegmentationDataset(Dataset):
             raise DatasetError(f"{self.root}: {self.dataset_name} root directory not found "
                                f"(set data.source.root / data.target.root to the dataset folder)")
         self.prepared_folder, self.prepared = find_prepared(
-            self.root, split, self.dataset_name, str(prepared) if prepared is not None else None)
+            self.root, split, self.dataset_name,
+            prepared if prepared is None or prepared is False else str(prepared))
         self.samples: list[Sample] = self.select(self.discover())
         if not self.samples:
             raise DatasetError(f"{self.root}: no {self.dataset_name} images found for split "
