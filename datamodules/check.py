@@ -11,7 +11,9 @@ make it unusable.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -21,36 +23,58 @@ from datamodules.image_io import DatasetError, read_rgb
 from datamodules.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 
-def _check_one(ds: SegmentationDataset, s: Sample) -> tuple[np.ndarray, list[str], list[str]]:
-    """Class histogram (20 bins: 19 classes + ignore), problems, warnings for one sample."""
-    hist = np.zeros(NUM_CLASSES + 1, dtype=np.int64)
-    problems: list[str] = []
-    warnings: list[str] = []
-    img_hw = None
+@dataclass
+class Examined:
+    """One sample as `data check` sees it: class histogram (20 bins: 19 classes + ignore, at the
+    label's native size), problems, warnings, and the decoded image and trainIds (None when
+    absent or unreadable)."""
+    hist: np.ndarray
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    image: Optional[np.ndarray] = None
+    train_ids: Optional[np.ndarray] = None
+
+
+def examine(ds: SegmentationDataset, s: Sample) -> Examined:
+    """Decode and check one sample (`data check`'s work, also `data prepare`'s first step)."""
+    e = Examined(np.zeros(NUM_CLASSES + 1, dtype=np.int64))
     if s.image is not None:
         try:
-            img_hw = read_rgb(s.image).shape[:2]  # full decode: catches truncated files
-        except DatasetError as e:
-            problems.append(str(e))
+            e.image = read_rgb(s.image)  # full decode: catches truncated files
+        except DatasetError as err:
+            e.problems.append(str(err))
     if s.label is not None:
         try:
             raw = ds.read_raw_label(s.label)
-        except DatasetError as e:
-            problems.append(str(e))
-            return hist, problems, warnings
+        except DatasetError as err:
+            e.problems.append(str(err))
+            return e
         try:
             ds.check_label_values(s.label, raw)  # the check training and evaluation apply
-        except DatasetError as e:
-            problems.append(str(e))
-        train_ids = ds.lut_for(s.label)[raw]
-        train_ids = np.where(train_ids == IGNORE_INDEX, NUM_CLASSES, train_ids)
-        hist += np.bincount(train_ids.ravel(), minlength=NUM_CLASSES + 1)[: NUM_CLASSES + 1]
-        if img_hw is not None and tuple(raw.shape[:2]) != tuple(img_hw):
-            warnings.append(size_mismatch(s.label, raw.shape, img_hw))
-    return hist, problems, warnings
+        except DatasetError as err:
+            e.problems.append(str(err))
+        e.train_ids = ds.lut_for(s.label)[raw]
+        e.hist += class_histogram(e.train_ids)
+        if e.image is not None and tuple(raw.shape[:2]) != tuple(e.image.shape[:2]):
+            e.warnings.append(size_mismatch(s.label, raw.shape, e.image.shape))
+    return e
 
 
-def check_dataset(dataset: str, root: str | Path, split: str, workers: int = 4) -> dict:
+def class_histogram(train_ids: np.ndarray) -> np.ndarray:
+    """Pixels per trainId (19 bins) and ignored pixels (bin 19) of a trainIds map."""
+    ids = np.where(train_ids == IGNORE_INDEX, NUM_CLASSES, train_ids)
+    return np.bincount(ids.ravel(), minlength=NUM_CLASSES + 1)[: NUM_CLASSES + 1]
+
+
+def _check_one(ds: SegmentationDataset, s: Sample) -> tuple[np.ndarray, list[str], list[str]]:
+    e = examine(ds, s)
+    return e.hist, e.problems, e.warnings
+
+
+def open_split(dataset: str, root: str | Path, split: str
+               ) -> tuple[dict, Optional[SegmentationDataset], list[Sample]]:
+    """The result to fill, the dataset and every sample of the split to examine (none when the
+    root or the split's files are missing: the result then holds the problem)."""
     if dataset not in DATASETS:
         raise DatasetError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     root = Path(root)
@@ -59,7 +83,7 @@ def check_dataset(dataset: str, root: str | Path, split: str, workers: int = 4) 
               "problems": [], "warnings": []}
     if not root.is_dir():
         result["problems"].append(f"{root}: dataset root not found")
-        return result
+        return result, None, []
     ds = DATASETS[dataset].for_inspection(root, split)
     samples, problems = ds.inventory()
     result["problems"] += problems
@@ -68,7 +92,7 @@ def check_dataset(dataset: str, root: str | Path, split: str, workers: int = 4) 
     result["num_images"], result["num_labels"] = len(images), len(labels)
     if not samples:
         result["problems"].append(f"{root}: no files for split '{split}' ({ds.layout_hint()})")
-        return result
+        return result, ds, []
     if not images:
         result["warnings"].append(f"{root}: split '{split}' has labels but no images: usable as "
                                   "evaluation ground truth (uda evaluate-dir) only")
@@ -82,14 +106,23 @@ def check_dataset(dataset: str, root: str | Path, split: str, workers: int = 4) 
                                           f"(expected {ds.expected_label_path(s)})")
             elif s.image is None:
                 result["problems"].append(f"{s.label}: label has no image")
+    return result, ds, samples
+
+
+def set_class_pixels(result: dict, hist: np.ndarray) -> None:
+    result["class_pixels"] = {n: int(c) for n, c in zip(CLASS_NAMES, hist[:NUM_CLASSES])}
+    result["ignored_pixels"] = int(hist[NUM_CLASSES])
+
+
+def check_dataset(dataset: str, root: str | Path, split: str, workers: int = 4) -> dict:
+    result, ds, samples = open_split(dataset, root, split)
     hist = np.zeros(NUM_CLASSES + 1, dtype=np.int64)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL/cv2 decode releases the GIL
         for h, p, w in pool.map(lambda s: _check_one(ds, s), samples):
             hist += h
             result["problems"] += p
             result["warnings"] += w
-    result["class_pixels"] = {n: int(c) for n, c in zip(CLASS_NAMES, hist[:NUM_CLASSES])}
-    result["ignored_pixels"] = int(hist[NUM_CLASSES])
+    set_class_pixels(result, hist)
     return result
 
 

@@ -24,10 +24,13 @@ from datamodules.labels import IGNORE_INDEX
 
 class SegTransform:
     def __init__(self, ops: list, mean: Sequence[float], std: Sequence[float],
-                 transform_mask: bool = True):
+                 transform_mask: bool = True, resize: Optional[Sequence[int]] = None):
         """`transform_mask=False` (evaluation): the image is transformed, the mask is returned
-        untouched at its native resolution, where the metric is computed."""
+        untouched at its native resolution, where the metric is computed. `resize`: the size
+        [h, w] of the pipeline's first op, `resize_op(resize)` (datasets then read the copies
+        `uda data prepare` made at that size, which that op leaves unchanged)."""
         self.pipeline = A.Compose(ops, strict=True)
+        self.resize = tuple(int(v) for v in resize) if resize is not None else None
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
         self.transform_mask = transform_mask
@@ -57,10 +60,7 @@ def build_transform(resize: Optional[Sequence[int]] = None,
                     transform_mask: bool = True) -> SegTransform:
     """Pipeline: resize -> random rescale -> pad+random crop -> hflip -> colour jitter -> normalise.
     Sizes are (height, width)."""
-    ops: list = []
-    if resize is not None:
-        ops.append(A.Resize(int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR,
-                            mask_interpolation=cv2.INTER_NEAREST_EXACT))
+    ops: list = [resize_op(resize)] if resize is not None else []
     if scale_range is not None:
         lo, hi = float(scale_range[0]), float(scale_range[1])
         ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
@@ -76,7 +76,16 @@ def build_transform(resize: Optional[Sequence[int]] = None,
         # Explicit hue: the library default (0.5) would rotate colours arbitrarily.
         ops.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter,
                                  hue=min(jitter / 4.0, 0.5), p=jitter_p))
-    return SegTransform(ops, mean, std, transform_mask=transform_mask)
+    return SegTransform(ops, mean, std, transform_mask=transform_mask, resize=resize)
+
+
+def resize_op(size: Sequence[int]) -> A.Resize:
+    """The fixed resize to [h, w] (bilinear image, nearest-exact mask): the first op of a
+    pipeline, and what `uda data prepare` applies to write copies at that size. Albumentations
+    returns an image that already has the size unchanged, so a prepared copy goes through the
+    pipeline exactly as the original does."""
+    return A.Resize(int(size[0]), int(size[1]), interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def transform_from_config(t, train: bool) -> SegTransform:

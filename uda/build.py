@@ -21,7 +21,8 @@ from datamodules.debias.callback import DebiasCallback
 from datamodules.debias.lff import LfFWeights
 from datamodules.debias.pipeline import (ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
                                          StyleSwap)
-from datamodules.debias.sampling import RareClassSampler, dataset_class_counts
+from datamodules.class_stats import class_counts
+from datamodules.debias.sampling import RareClassSampler
 from datamodules.datasets import DATASETS, SegmentationDataset
 from datamodules.labels import CLASS_NAMES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from datamodules.transforms import build_transform, transform_from_config
@@ -40,7 +41,8 @@ from uda.modules.dranet import build_translator
 def build_dataset(domain, split: str, transform, labelled: bool) -> SegmentationDataset:
     cls = DATASETS[domain.dataset]
     return cls(domain.root, split, transform=transform, labelled=labelled,
-               list_file=domain.list_file if split == domain.split else None)
+               list_file=domain.list_file if split == domain.split else None,
+               prepared=domain.prepared)
 
 
 def build_datamodule(cfg: Config) -> UDADataModule:
@@ -61,7 +63,9 @@ def build_datamodule(cfg: Config) -> UDADataModule:
     rare = d.debias.rare_class
     source_index_at = None
     if rare.enabled:
-        counts = dataset_class_counts(source_train, d.num_classes)
+        counts, message = class_counts(source_train, d.num_classes)
+        if rank_zero_only.rank == 0:
+            print(f"uda: rare-class sampling: {message}", flush=True)
         source_index_at = RareClassSampler(counts, rare.temperature, rare.min_pixels).index_at
     return UDADataModule(source_train, target_train, target_val, batch_size=d.batch_size,
                          val_batch_size=d.val_batch_size, num_workers=d.num_workers,

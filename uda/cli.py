@@ -129,6 +129,36 @@ def _cmd_check(args) -> int:
     return 0 if not result["problems"] else 1
 
 
+def _cmd_prepare(args) -> int:
+    from datamodules.check import format_report
+    from datamodules.prepare import default_workers, output_folder, prepare_dataset
+    root = Path(args.root)
+    if not root.is_dir():
+        from uda.config import ConfigError
+        raise ConfigError(f"--root {args.root}: no such folder; give the {args.dataset} root "
+                          "(the folder holding its official layout)")
+    folder = output_folder(root, args.out)
+    _check_outputs(folders=[("--out", folder)])
+    workers = args.workers or default_workers()
+    try:
+        summary = prepare_dataset(args.dataset, root, args.split, folder, args.resize or (),
+                                  workers=workers, progress=True)
+    except KeyboardInterrupt:
+        print(f"uda: interrupted; what was finished is kept in {folder}: run the same command "
+              "again to continue", file=sys.stderr)
+        return 3
+    result = summary["result"]
+    print(format_report(result))
+    sizes = "".join(f", {size_name} copies" for size_name in
+                    sorted({f"{h}x{w}" for h, w in (args.resize or ())}))
+    problems = f"; {len(result['problems'])} problem(s) above (those samples not prepared)" \
+        if result["problems"] else ""
+    print(f"uda: {args.dataset} {args.split} at {args.root}: {summary['prepared']} samples "
+          f"prepared, {summary['skipped']} already done; trainIds maps{sizes} and class "
+          f"statistics in {Path(folder) / args.split}{problems}")
+    return 0 if not result["problems"] else 1
+
+
 def _cmd_evaluate(args) -> int:
     _check_outputs(files=[("--output", args.output)], folders=[("--export", args.export)])
     from uda.evaluation.evaluate_checkpoint import evaluate
@@ -355,6 +385,26 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="write the statistics as JSON here")
     c.add_argument("--workers", type=positive_int, default=4, help="decoding threads")
     c.set_defaults(func=_cmd_check)
+
+    pp = dsub.add_parser("prepare", help="write trainIds maps, resized copies and class "
+                         "statistics of a split (faster loading, no change to the originals)",
+                         description="Check every file of a split as `data check` does and "
+                         "write into a separate folder its trainIds maps, copies resized to "
+                         "training scales (--resize) and the class statistics of rare-class "
+                         "sampling; training and evaluation then read them (same samples). "
+                         "Resumable: a second run skips what is done. Exit 1 when files have "
+                         "problems (those samples are not prepared), 3 when interrupted.")
+    pp.add_argument("--dataset", required=True, choices=["gta5", "cityscapes", "synthia"])
+    pp.add_argument("--root", required=True, help="dataset root in its official layout (only read)")
+    pp.add_argument("--split", required=True, help="e.g. train, val")
+    pp.add_argument("--out", help="prepared folder (default ROOT/.uda_prepared, found by "
+                    "training; elsewhere, set data.source.prepared / data.target.prepared to it)")
+    pp.add_argument("--resize", type=image_size, action="append", metavar="HEIGHTxWIDTH",
+                    help="also write copies at this size: the config's data.*_transform.resize "
+                    "(e.g. 720x1280 GTA5, 760x1280 SYNTHIA, 512x1024 Cityscapes); repeatable")
+    pp.add_argument("--workers", type=positive_int, default=None,
+                    help="processes (default: the usable cores, at most 8)")
+    pp.set_defaults(func=_cmd_prepare)
     return p
 
 

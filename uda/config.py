@@ -29,11 +29,15 @@ class ConfigError(ValueError):
 @dataclass
 class DomainConfig:
     """One dataset split. `dataset` in {gta5, cityscapes, synthia}; `root` is the dataset root in
-    its official layout; `list_file` optionally restricts to the names listed (one per line)."""
+    its official layout; `list_file` optionally restricts to the names listed (one per line).
+    prepared: the folder of `uda data prepare`'s files for this root (trainIds maps, resized
+    copies, class statistics); null = `<root>/.uda_prepared` when it exists; false = read the
+    originals only (class statistics are then not cached)."""
     dataset: str = "gta5"
     root: str = MISSING
     split: str = "train"
     list_file: Optional[str] = None
+    prepared: Optional[str] = None
 
 
 @dataclass

@@ -11,6 +11,12 @@ Every label file read is checked as `uda data check` checks it: a value that is 
 the format (e.g. 200 in a Cityscapes labelIds map) raises `DatasetError` naming the file. A label
 whose size differs from its image's is resized to it (nearest), with a warning naming the file
 (once per file and process), as `data check` reports it.
+
+Prepared files (`uda data prepare`, `datamodules.prepared`): `prepared` None finds
+`<root>/.uda_prepared`, a folder names another, False ('false', 'off') reads the originals only.
+A sample whose originals are unchanged since they were prepared is read from its trainIds map
+and, when the transform starts with a resize that was prepared, from its resized copies; the
+items are the same as from the originals.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from torch.utils.data import Dataset
 
 from datamodules.image_io import DatasetError, read_label, read_rgb
 from datamodules.labels import IGNORE_INDEX, NUM_CLASSES, describe_ids, map_ids, unknown_ids
+from datamodules.prepared import find_prepared, read_prepared_label
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class SegmentationDataset(Dataset):
     raw_ids: Sequence[int] = ()
 
     def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None,
-                 labelled: bool = True, list_file: str | Path | None = None):
+                 labelled: bool = True, list_file: str | Path | None = None,
+                 prepared: str | Path | None = None):
         self.root = Path(root)
         self.split = split
         self.transform = transform
@@ -58,6 +66,9 @@ class SegmentationDataset(Dataset):
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: {self.dataset_name} root directory not found "
                                f"(set data.source.root / data.target.root to the dataset folder)")
+        self.prepared_folder, self.prepared = find_prepared(
+            self.root, split, self.dataset_name,
+            prepared if prepared is None or prepared is False else str(prepared))
         self.samples: list[Sample] = self.select(self.discover())
         if not self.samples:
             raise DatasetError(f"{self.root}: no {self.dataset_name} images found for split "
@@ -121,6 +132,7 @@ class SegmentationDataset(Dataset):
         self = cls.__new__(cls)
         self.root, self.split, self.transform, self.labelled = Path(root), split, None, True
         self.list_file = None
+        self.prepared_folder, self.prepared = None, None
         return self
 
     # --- common ----------------------------------------------------------------------------
@@ -149,16 +161,37 @@ class SegmentationDataset(Dataset):
         image = read_rgb(s.image)
         if not self.labelled or s.label is None:
             return image, None
+        return image, self.mask_at(s, image.shape[:2])
+
+    def mask_at(self, s: Sample, image_hw: tuple) -> np.ndarray:
+        """The trainId mask of `s` at its image's size `image_hw` (prepared when available)."""
+        prepared = self.prepared.native_label(s) if self.prepared is not None else None
+        if prepared is not None:
+            return read_prepared_label(prepared)
         mask = self.load_label(s.label)
-        if mask.shape != image.shape[:2]:
-            warnings.warn(size_mismatch(s.label, mask.shape, image.shape), stacklevel=2)
+        if mask.shape != tuple(image_hw):
+            warnings.warn(size_mismatch(s.label, mask.shape, image_hw), stacklevel=3)
             mask = np.asarray(Image.fromarray(mask).resize(
-                (image.shape[1], image.shape[0]), Image.NEAREST))
-        return image, mask
+                (image_hw[1], image_hw[0]), Image.NEAREST))
+        return mask
+
+    def load_for_transform(self, i: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """What `__getitem__` hands the transform: `load(i)`, or the copies prepared at the
+        transform's resize, which its resize op then leaves unchanged (same item)."""
+        size = getattr(self.transform, "resize", None)
+        s = self.samples[i]
+        with_label = self.labelled and s.label is not None
+        label_resized = getattr(self.transform, "transform_mask", True)
+        files = self.prepared.resized(s, size, with_label, label_resized) \
+            if self.prepared is not None and size is not None else None
+        if files is None:
+            return self.load(i)
+        image = read_rgb(files[0])
+        return image, read_prepared_label(files[1]) if with_label else None
 
     def __getitem__(self, index):
         i, seed = index if isinstance(index, tuple) else (index, None)
-        image, mask = self.load(i)
+        image, mask = self.load_for_transform(i)
         rng = np.random.default_rng(seed) if seed is not None else None
         if self.transform is not None:
             image_t, mask_t = self.transform(image, mask, rng)

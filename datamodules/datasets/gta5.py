@@ -19,10 +19,11 @@ class GTA5Dataset(SegmentationDataset):
     id_lut = CITYSCAPES_ID_TO_TRAINID
     raw_ids = CITYSCAPES_RAW_IDS  # palette indices are Cityscapes label ids
 
-    def __init__(self, root, split="train", transform=None, labelled=True, list_file=None):
+    def __init__(self, root, split="train", transform=None, labelled=True, list_file=None,
+                 prepared=None):
         if list_file is None and (Path(root) / f"{split}.txt").is_file():
             list_file = Path(root) / f"{split}.txt"
-        super().__init__(root, split, transform, labelled, list_file)
+        super().__init__(root, split, transform, labelled, list_file, prepared)
 
     def layout_hint(self) -> str:
         return "expected <root>/images/NNNNN.png and <root>/labels/NNNNN.png"

@@ -22,10 +22,11 @@ class SynthiaDataset(SegmentationDataset):
     id_lut = SYNTHIA_ID_TO_TRAINID
     raw_ids = tuple(range(23))
 
-    def __init__(self, root, split="train", transform=None, labelled=True, list_file=None):
+    def __init__(self, root, split="train", transform=None, labelled=True, list_file=None,
+                 prepared=None):
         if list_file is None and (Path(root) / f"{split}.txt").is_file():
             list_file = Path(root) / f"{split}.txt"
-        super().__init__(root, split, transform, labelled, list_file)
+        super().__init__(root, split, transform, labelled, list_file, prepared)
 
     def layout_hint(self) -> str:
         return "expected <root>/RGB/NNNNNNN.png and <root>/GT/LABELS/NNNNNNN.png"

@@ -96,26 +96,14 @@ class RareClassSampler(Sampler):
         return self.num_samples
 
 
-def dataset_class_counts(dataset, num_classes: int, cache: Optional[str] = None) -> torch.Tensor:
+def dataset_class_counts(dataset, num_classes: int) -> torch.Tensor:
     """(N, C) int64 pixel counts of each labelled image's trainIds (read without transforms).
 
-    `dataset` is a `SegmentationDataset`. With `cache` (a .pt path) the counts are read from it
-    when it holds N rows, and written there otherwise (one pass over 25k GTA5 labels is minutes).
+    `dataset` is a `SegmentationDataset`. One pass over its label files (minutes for 25k GTA5
+    labels): training reads them from the cache of `datamodules.class_stats.class_counts`.
     """
-    from pathlib import Path
-
-    if cache and Path(cache).is_file():
-        counts = torch.load(cache, weights_only=True)
-        if counts.shape == (len(dataset), num_classes):
-            return counts
     rows = []
     for s in dataset.samples:
         mask = torch.from_numpy(dataset.load_label(s.label).astype("int64"))
         rows.append(class_pixel_counts(mask.unsqueeze(0), num_classes)[0])
-    counts = torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.long)
-    if cache:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(cache).with_suffix(".tmp")
-        torch.save(counts, tmp)
-        tmp.replace(cache)
-    return counts
+    return torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.long)
