@@ -193,8 +193,7 @@ def test_a_dying_rank_makes_the_other_exit(toy_root, tmp_path):
             "data.source.root={toy_root / 'source'}", "data.target.root={toy_root / 'target'}",
             "run.dir={tmp_path / 'run'}", "trainer.devices=2", "trainer.strategy=ddp_fork",
             "trainer.ddp_timeout_s=30", "trainer.max_steps=50", "trainer.val_every=50",
-            "data.num_workers=0", "data.batch_size=2", "data.source_transform.crop=[32,64]",
-            "model.width=8", "trainer.progress_bar=false"])
+            *{SHRINK!r}])
         module, dm = build.build_module(cfg), build.build_datamodule(cfg)
         trainer = build.build_trainer(cfg, cfg.run.dir, [Die()], 1)
         trainer.fit(module, datamodule=dm)

@@ -8,16 +8,14 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, free_port
+from conftest import REPO, SHRINK, free_port
 
 SCRIPT = REPO / "scripts" / "train_multigpu.sh"
 
 
 def overrides(toy_root):
     return [f"data.source.root={toy_root / 'source'}", f"data.target.root={toy_root / 'target'}",
-            "trainer.accelerator=cpu", "trainer.max_steps=3", "trainer.val_every=3",
-            "trainer.progress_bar=false", "data.num_workers=0", "data.batch_size=2",
-            "data.source_transform.crop=[32,64]", "model.width=8"]
+            "trainer.accelerator=cpu", "trainer.max_steps=3", "trainer.val_every=3", *SHRINK]
 
 
 def env(run_dir, **extra):
