@@ -105,7 +105,7 @@ def test_thing_feature_distance_is_daformers_formula():
     torch.testing.assert_close(ours, ref)
 
 
-# ---------------------------------------------------------------- warmup + poly (mmcv linear warmup)
+# ---------------------------------------------------------------- warmup + poly (mmcv linear)
 
 def test_warmup_then_poly_values_by_hand():
     f = poly_lambda(40000, 1.0, warmup_iters=1500, warmup_ratio=1e-6)
@@ -312,7 +312,8 @@ def test_mic_masked_loss_trains_against_the_unmasked_pseudo_labels():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("method.daformer.fd_classes=[6,19]", r"method\.daformer\.fd_classes: \[19\] are not class ids"),
+    ("method.daformer.fd_classes=[6,19]",
+     r"method\.daformer\.fd_classes: \[19\] are not class ids"),
     ("method.daformer.pseudo_ignore_bottom=62",
      r"method\.daformer\.pseudo_ignore_top / pseudo_ignore_bottom: rows of the target crop"),
     ("method.daformer.fd_lambda=-1", r"method\.daformer: need fd_lambda >= 0"),
