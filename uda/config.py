@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from uda.methods import METHODS, NAMES, MethodConfig
+from uda.methods import METHODS, NAMES, OPTIMIZERS, MethodConfig
 
 
 class ConfigError(ValueError):
@@ -379,7 +379,7 @@ _CHOICES = {
     "model.vit_variant": ("s", "b", "l"),
     "method.name": NAMES,
     **{f"method.{m.name}.{k}": v for m in METHODS for k, v in m.choices.items()},
-    "method.optim.name": ("sgd", "adam"),
+    "method.optim.name": OPTIMIZERS,
     "data.debias.style_swap.donor": ("target", "source"),
     "logger.name": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
@@ -399,6 +399,15 @@ _AT_LEAST = {
 }
 
 
+def _validate_warmup(o) -> None:
+    if o.warmup_iters < 0:
+        raise ConfigError(f"method.optim.warmup_iters must be >= 0 (iterations of linear "
+                          f"learning-rate warmup; 0 = none), got {o.warmup_iters}")
+    if not 0 < o.warmup_ratio <= 1:
+        raise ConfigError(f"method.optim.warmup_ratio must be in (0, 1] (the learning-rate factor "
+                          f"at the first warmup iteration), got {o.warmup_ratio}")
+
+
 def _validate(cfg: DictConfig) -> None:
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -413,6 +422,7 @@ def _validate(cfg: DictConfig) -> None:
     if not cfg.method.optim.lr > 0:  # also NaN
         raise ConfigError(f"method.optim.lr must be > 0 (the task network's learning rate), "
                           f"got {cfg.method.optim.lr}")
+    _validate_warmup(cfg.method.optim)
     horizon = cfg.method.optim.poly_horizon
     if horizon is not None and horizon < cfg.trainer.max_steps:
         raise ConfigError(f"method.optim.poly_horizon={horizon} is below trainer.max_steps="

@@ -14,19 +14,29 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Callable, List, Optional
 
 
+#: the values of method.optim.name
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+
+
 @dataclass
 class OptimConfig:
-    """The task network's optimizer: SGD (or Adam with betas (momentum, 0.99)) with poly decay
+    """The task network's optimizer: SGD, Adam (betas (momentum, 0.99)) or AdamW (betas
+    (momentum, 0.999), decoupled weight decay: DAFormer's), with poly decay
     (lr * (1 - it/horizon)^power), the UDA standard; heads train at 10x lr. poly_horizon: the
     iteration at which the decay would reach 0; None = trainer.max_steps. The official
     AdaptSegNet / ADVENT / DACS code decays over 250k iterations and stops AdaptSegNet at 150k,
-    ADVENT at 120k (poly_horizon: 250000 with trainer.max_steps: 150000 / 120000)."""
+    ADVENT at 120k (poly_horizon: 250000 with trainer.max_steps: 150000 / 120000).
+    warmup_iters: a linear warmup over the first iterations (0 = none), mmcv's `linear` warmup
+    as DAFormer uses it: at iteration it < warmup_iters the poly factor is multiplied by
+    1 - (1 - it / warmup_iters) * (1 - warmup_ratio) (warmup_ratio at it = 0, 1 at the end)."""
     name: str = "sgd"
     lr: float = 2.5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     poly_horizon: Optional[int] = None
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
 
 
 @dataclass
@@ -126,6 +136,82 @@ class SelfTrainingConfig:
     blur_p: float = 0.5
 
 
+#: DAFormer's `imnet_feature_dist_classes` (Cityscapes trainIds of the thing classes: traffic
+#: light, traffic sign, person, rider, car, truck, bus, train, motorcycle, bicycle)
+THING_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+
+
+@dataclass
+class DAFormerConfig(SelfTrainingConfig):
+    """DAFormer (Hoyer et al. CVPR 2022): self_training (its keys threshold, ema, weight,
+    pseudo_weight; DAFormer: ema 0.999, the batch-wide confident fraction) plus
+    - thing-class ImageNet feature distance: fd_lambda x the mean L2 distance between the
+      student's encoder features on source images and those of a frozen copy of the network at
+      its initial (pretrained) weights, over the feature cells whose source label, pooled to the
+      feature grid, is one of fd_classes and covers >= fd_scale_min_ratio of the cell
+      (fd_lambda 0 = off; uda.losses.feature_distance);
+    - pseudo-label crop: pseudo_ignore_top / pseudo_ignore_bottom rows (pixels of the training
+      crop) of each target image weigh 0 in the mixed loss (DAFormer: 15 / 120 at 512x512);
+    - strong augmentation of the mixed images: colour jitter of strength `jitter` with
+      probability `jitter_p`, Gaussian blur with probability 1/2 when `blur`
+      (datamodules.debias.photometric).
+    The optimizer (AdamW, linear warmup then poly 1.0) is method.optim; rare-class sampling is
+    data.debias.rare_class."""
+    ema: float = 0.999
+    pseudo_weight: str = "batch"
+    fd_lambda: float = 0.005
+    fd_classes: List[int] = field(default_factory=lambda: list(THING_CLASSES))
+    fd_scale_min_ratio: float = 0.75
+    pseudo_ignore_top: int = 15
+    pseudo_ignore_bottom: int = 120
+    jitter: float = 0.2
+    jitter_p: float = 0.8
+    blur: bool = True
+
+
+@dataclass
+class MICConfig(DAFormerConfig):
+    """MIC (Hoyer et al. CVPR 2023) on top of daformer (all its keys): masked image consistency.
+    Each target image, strong-augmented when mic_augment (MIC's `separatetrgaug`) and masked by
+    random blocks of mask_block_size pixels, each dropped with probability mask_ratio
+    (uda.losses.masking), is trained against the teacher's pseudo-labels of the unmasked image
+    with their confidence weights (and pseudo-label crop), at loss weight mic_lambda."""
+    mask_block_size: int = 64
+    mask_ratio: float = 0.7
+    mic_lambda: float = 1.0
+    mic_augment: bool = True
+
+
+def _check_daformer(cfg) -> Optional[str]:
+    s = cfg.method[cfg.method.name]
+    key = f"method.{cfg.method.name}"
+    bad = [c for c in s.fd_classes if not 0 <= c < cfg.data.num_classes]
+    if bad:
+        return (f"{key}.fd_classes: {bad} are not class ids 0..{cfg.data.num_classes - 1} "
+                f"(trainIds; DAFormer's things: {list(THING_CLASSES)})")
+    if s.fd_lambda < 0 or not 0 <= s.fd_scale_min_ratio <= 1:
+        return (f"{key}: need fd_lambda >= 0 (0 = no feature distance) and 0 <= "
+                f"fd_scale_min_ratio <= 1, got {s.fd_lambda}, {s.fd_scale_min_ratio}")
+    crop = cfg.data.target_transform.crop
+    if s.pseudo_ignore_top < 0 or s.pseudo_ignore_bottom < 0 or (
+            crop and s.pseudo_ignore_top + s.pseudo_ignore_bottom >= crop[0]):
+        return (f"{key}.pseudo_ignore_top / pseudo_ignore_bottom: rows of the target crop "
+                f"(data.target_transform.crop={list(crop) if crop else None}), each >= 0 and "
+                f"together fewer than its height; got {s.pseudo_ignore_top}, "
+                f"{s.pseudo_ignore_bottom}")
+    if not (0 <= s.jitter and 0 <= s.jitter_p <= 1):
+        return f"{key}: need jitter >= 0 and 0 <= jitter_p <= 1, got {s.jitter}, {s.jitter_p}"
+    return None
+
+
+def _check_mic(cfg) -> Optional[str]:
+    s = cfg.method.mic
+    if s.mask_block_size < 1 or not 0 <= s.mask_ratio < 1 or s.mic_lambda < 0:
+        return ("method.mic: need mask_block_size >= 1 (pixels), 0 <= mask_ratio < 1 and "
+                f"mic_lambda >= 0, got {s.mask_block_size}, {s.mask_ratio}, {s.mic_lambda}")
+    return _check_daformer(cfg)
+
+
 def _check_adversarial(cfg) -> Optional[str]:
     if cfg.method.adversarial.multi_level and not (cfg.model.name == "deeplabv2"
                                                    and cfg.model.multi_level):
@@ -187,6 +273,14 @@ METHODS: tuple[Method, ...] = (
     Method("self_training", "uda.modules.self_training",
            "EMA-teacher self-training: pseudo-labelled target with source classes pasted (DACS)",
            settings=SelfTrainingConfig, choices={"pseudo_weight": ("image", "batch")}),
+    Method("daformer", "uda.modules.daformer",
+           "DAFormer: self-training + thing-class feature distance, pseudo-label crop, strong "
+           "augmentation (AdamW + warmup, rare-class sampling in its configs)",
+           settings=DAFormerConfig, check=_check_daformer,
+           choices={"pseudo_weight": ("image", "batch")}),
+    Method("mic", "uda.modules.mic",
+           "MIC: daformer + masked image consistency on the target",
+           settings=MICConfig, check=_check_mic, choices={"pseudo_weight": ("image", "batch")}),
     Method("oracle", "uda.modules.supervised",
            "supervised on labelled target train (toy benchmark upper bound)",
            labelled_target=True),

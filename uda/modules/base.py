@@ -35,9 +35,17 @@ from uda.modules.debias import DebiasMixin
 from uda.modules.steps import GuardedSteps
 
 
-def poly_lambda(max_steps: int, power: float):
-    """LR factor (1 - it / max_steps) ** power, floored at 0 past max_steps."""
-    return lambda it: max(0.0, 1.0 - it / max_steps) ** power
+def poly_lambda(max_steps: int, power: float, warmup_iters: int = 0,
+                warmup_ratio: float = 1e-6):
+    """LR factor (1 - it / max_steps) ** power, floored at 0 past max_steps; during a linear
+    warmup (it < warmup_iters) times 1 - (1 - it / warmup_iters) * (1 - warmup_ratio), mmcv's
+    `linear` warmup of the poly rate (DAFormer: 1500 iterations, ratio 1e-6)."""
+    def factor(it: int) -> float:
+        f = max(0.0, 1.0 - it / max_steps) ** power
+        if it < warmup_iters:
+            f *= 1.0 - (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
+        return f
+    return factor
 
 
 @dataclass
@@ -60,7 +68,10 @@ def build_optimizer(params, o: OptimConfig):
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=(o.momentum, 0.99),
                                 weight_decay=o.weight_decay)
-    raise ValueError(f"unknown optimizer '{o.name}' (method.optim.name: sgd | adam)")
+    if o.name == "adamw":  # DAFormer's: betas (0.9, 0.999), decoupled weight decay 0.01
+        return torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999),
+                                 weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optimizer '{o.name}' (method.optim.name: sgd | adam | adamw)")
 
 
 def forward_keeping_buffers(module: nn.Module, *args):
@@ -125,10 +136,12 @@ class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
 
     def poly(self, optimizer) -> LambdaLR:
         """The poly schedule over `optim.poly_horizon` iterations, or `max_steps` when unset
-        (stepped once per iteration). Every optimizer of a recipe decays on it (the official
-        AdaptSegNet / ADVENT code decays the discriminators' Adam the same way)."""
-        horizon = self.optim.poly_horizon or self.max_steps
-        return LambdaLR(optimizer, poly_lambda(horizon, self.optim.poly_power))
+        (stepped once per iteration), after the linear warmup of `optim.warmup_iters` when set.
+        Every optimizer of a recipe decays on it (the official AdaptSegNet / ADVENT code decays
+        the discriminators' Adam the same way)."""
+        o = self.optim
+        return LambdaLR(optimizer, poly_lambda(o.poly_horizon or self.max_steps, o.poly_power,
+                                               o.warmup_iters, o.warmup_ratio))
 
     def task_optimizer(self):
         """(optimizer, scheduler) of the segmenter (its param groups: heads at 10x lr) and of
