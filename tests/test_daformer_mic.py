@@ -164,7 +164,7 @@ def test_toy_and_real_pseudo_crop_and_mask_sizes_follow_the_stated_rule():
         # the settings themselves are shared, but for the toy's documented departures (EMA, lr)
         assert (t.ema, toy.method.optim.lr) == (0.99, 3e-3)
         keep = ("threshold", "weight", "pseudo_weight", "fd_lambda", "fd_classes",
-                "fd_scale_min_ratio", "jitter", "jitter_p", "blur")
+                "fd_scale_min_ratio", "strong_aug", "jitter_strength", "jitter_p", "blur_p")
         assert all(r[k] == t[k] for k in keep)
         assert (r.ema, r.pseudo_weight, r.fd_lambda, r.fd_scale_min_ratio) == (
             0.999, "batch", 0.005, 0.75)
@@ -278,7 +278,7 @@ def recipe_batch(seed=0, b=2, h=32, w=32):
 
 def test_mixed_weights_carry_the_pseudo_label_crop_on_target_pixels_only():
     module = DAFormer(SmallSegNet(19, 8), CLASS_NAMES, threshold=0.0, fd_lambda=0.0,
-                      ignore_top=3, ignore_bottom=5, jitter_p=0.0, blur=False)
+                      ignore_top=3, ignore_bottom=5, strong_aug=None)
     batch = recipe_batch()
     u = torch.rand(2, 1, 32, 32, generator=gen(9)) * 0.1
     batch["source"]["image"] = (0.8 + u - module.mean) / module.std    # RGB in [0.8, 0.9]

@@ -152,9 +152,8 @@ class DAFormerConfig(SelfTrainingConfig):
       (fd_lambda 0 = off; uda.losses.feature_distance);
     - pseudo-label crop: pseudo_ignore_top / pseudo_ignore_bottom rows (pixels of the training
       crop) of each target image weigh 0 in the mixed loss (DAFormer: 15 / 120 at 512x512);
-    - strong augmentation of the mixed images: colour jitter of strength `jitter` with
-      probability `jitter_p`, Gaussian blur with probability 1/2 when `blur`
-      (datamodules.debias.photometric).
+    - strong augmentation of the mixed images: self_training's keys (strong_aug, jitter_p,
+      jitter_strength, blur_p; DAFormer: strength 0.2) (datamodules.debias.photometric).
     The optimizer (AdamW, linear warmup then poly 1.0) is method.optim; rare-class sampling is
     data.debias.rare_class."""
     ema: float = 0.999
@@ -164,9 +163,7 @@ class DAFormerConfig(SelfTrainingConfig):
     fd_scale_min_ratio: float = 0.75
     pseudo_ignore_top: int = 15
     pseudo_ignore_bottom: int = 120
-    jitter: float = 0.2
-    jitter_p: float = 0.8
-    blur: bool = True
+    jitter_strength: float = 0.2
 
 
 @dataclass
@@ -199,8 +196,9 @@ def _check_daformer(cfg) -> Optional[str]:
                 f"(data.target_transform.crop={list(crop) if crop else None}), each >= 0 and "
                 f"together fewer than its height; got {s.pseudo_ignore_top}, "
                 f"{s.pseudo_ignore_bottom}")
-    if not (0 <= s.jitter and 0 <= s.jitter_p <= 1):
-        return f"{key}: need jitter >= 0 and 0 <= jitter_p <= 1, got {s.jitter}, {s.jitter_p}"
+    if not (0 <= s.jitter_strength and 0 <= s.jitter_p <= 1 and 0 <= s.blur_p <= 1):
+        return (f"{key}: need jitter_strength >= 0, 0 <= jitter_p <= 1 and 0 <= blur_p <= 1, "
+                f"got {s.jitter_strength}, {s.jitter_p}, {s.blur_p}")
     return None
 
 

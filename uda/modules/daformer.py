@@ -39,16 +39,15 @@ class DAFormer(SelfTraining):
     def __init__(self, segmenter: nn.Module, class_names: Sequence[str],
                  fd_lambda: float = 0.005, fd_classes: Sequence[int] = (),
                  fd_scale_min_ratio: float = 0.75, ignore_top: int = 0, ignore_bottom: int = 0,
-                 jitter: float = 0.2, jitter_p: float = 0.8, blur: bool = True, **kwargs):
-        """`kwargs`: SelfTraining's (threshold, ema, weight, per_image) and SegmentationModule's
-        (max_steps, optim, eval options, ...) arguments."""
+                 **kwargs):
+        """`kwargs`: SelfTraining's (threshold, ema, weight, per_image, strong_aug) and
+        SegmentationModule's (max_steps, optim, eval options, ...) arguments."""
         super().__init__(segmenter, class_names, **kwargs)
         # the copy is taken now, before any step: the initial (pretrained) weights
         self.frozen = FrozenCopy(segmenter) if fd_lambda > 0 else None
         self.fd_lambda, self.fd_classes = fd_lambda, tuple(fd_classes)
         self.fd_scale_min_ratio = fd_scale_min_ratio
         self.ignore_top, self.ignore_bottom = ignore_top, ignore_bottom
-        self.jitter, self.jitter_p, self.blur = jitter, jitter_p, blur
 
     def generator(self, batch) -> torch.Generator:
         """The iteration's generator, seeded by the batch's seed (as self_training's)."""
@@ -70,8 +69,9 @@ class DAFormer(SelfTraining):
     @torch.no_grad()
     def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """DAFormer's strong augmentation of normalised images (in [0, 1] RGB and back)."""
-        u = strong_transform(self.to_display(x), g, jitter_p=self.jitter_p,
-                             strength=self.jitter, blur_p=0.5 if self.blur else 0.0)
+        if self.strong_aug is None:
+            return x
+        u = strong_transform(self.to_display(x), g, **self.strong_aug)
         return ((u - self.mean) / self.std).to(x.dtype)
 
     @torch.no_grad()
@@ -124,7 +124,8 @@ def recipe_kwargs(s: DAFormerConfig) -> dict:
                 per_image=s.pseudo_weight == "image", fd_lambda=s.fd_lambda,
                 fd_classes=tuple(s.fd_classes), fd_scale_min_ratio=s.fd_scale_min_ratio,
                 ignore_top=s.pseudo_ignore_top, ignore_bottom=s.pseudo_ignore_bottom,
-                jitter=s.jitter, jitter_p=s.jitter_p, blur=s.blur)
+                strong_aug=(dict(jitter_p=s.jitter_p, strength=s.jitter_strength, blur_p=s.blur_p)
+                            if s.strong_aug else None))
 
 
 def build(s: DAFormerConfig, parts: RecipeParts) -> DAFormer:
