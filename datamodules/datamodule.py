@@ -115,12 +115,8 @@ class UDADataModule(pl.LightningDataModule):
         return self.debias.apply(batch, seed) if self.debias else batch
 
     def state_dict(self) -> dict:
-        lff = self.debias.lff if self.debias else None
-        return {"lff": lff.state_dict()} if lff is not None else {}
+        return {}  # no state: the sampler's position comes from the iteration (start_step)
 
     def load_state_dict(self, state: dict) -> None:
-        if "lff" in state:
-            if not (self.debias and self.debias.lff is not None):
-                raise ValueError("the checkpoint holds LfF statistics but data.debias.lff is "
-                                 "off: resume with data.debias.lff.enabled=true")
-            self.debias.lff.load_state_dict(state["lff"])
+        """Nothing to restore (checkpoints written before this version kept the LfF statistics
+        here: the LightningModule reads them, uda.modules.debias)."""

@@ -15,7 +15,7 @@ on the test set):
   vanilla   cross-entropy;
   lff       Learning from Failure: a biased MLP trained with GCE (q) and the debiased MLP with
             CE weighted by W = CE_b / (CE_b + CE_d) (per-sample loss EMAs, per-class max
-            normalisation; `datamodules.debias.LfFWeights`);
+            normalisation; `uda.losses.lff.LfFWeights`);
   selecmix  "SelecMix + LfF" (as the SelecMix code runs it): the LfF losses above plus
             --mix-weight (0.1) * CE of the debiased model on mixed images. Each sample is mixed
             with a contradicting partner chosen with the biased MLP's penultimate features
@@ -55,7 +55,9 @@ from torch import nn  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.debias import LfFWeights, gce_loss, mixed_loss, selecmix  # noqa: E402
+from datamodules.debias import selecmix  # noqa: E402
+from uda.losses.lff import LfFWeights, gce_loss  # noqa: E402
+from uda.losses.mixed import mixed_loss  # noqa: E402
 
 RATIOS = (0.02, 0.05, 0.10)
 METHODS = ("vanilla", "lff", "selecmix")

@@ -156,12 +156,11 @@ def precision_args(accelerator: str, precision: str) -> dict:
 def bench_trainer(module, iters: int, accelerator: str, precision: str,
                   callbacks: list) -> pl.Trainer:
     """A bare Trainer running `iters` training iterations of `module` (no logging, no val)."""
-    from datamodules.debias.callback import DebiasCallback
     return pl.Trainer(max_steps=iters * module.optimizer_steps_per_iteration,
                       accelerator=accelerator, devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0,
-                      use_distributed_sampler=False, callbacks=[DebiasCallback(), *callbacks],
+                      use_distributed_sampler=False, callbacks=[*callbacks],
                       **precision_args(accelerator, precision))
 
 

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import free_port
-from datamodules.debias import (LfFWeights, RareClassSampler, class_mix_mask, class_pixel_counts,
-                                classmix, cutmix, gce_loss, mixed_loss, mixup,
-                                rare_class_probabilities, select_contradicting, selecmix)
+from datamodules.debias import (RareClassSampler, class_mix_mask, class_pixel_counts, classmix,
+                                cutmix, mixup, rare_class_probabilities, select_contradicting,
+                                selecmix)
+from uda.losses.lff import LfFWeights, gce_loss
+from uda.losses.mixed import mixed_loss
 from uda.losses.pseudo_label import pseudo_label
 from uda.models.ema_teacher import ema_update_
 

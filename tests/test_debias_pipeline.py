@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import CROPS, REPO, shrink, shrunk_config
-from datamodules.debias.lff import LfFWeights
-from datamodules.debias.mixing import mixed_loss
+from uda.losses.lff import LfFWeights
+from uda.losses.mixed import mixed_loss
 from datamodules.debias.pipeline import (ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
                                          StyleSwap, partner_permutation)
 from datamodules.samplers import UDATrainSampler
@@ -182,7 +182,6 @@ def test_style_codec_keeps_content_and_moves_style():
 
 def test_lff_preview_equals_update_then_weights_and_does_not_write():
     stats = LfFWeights(20, C, ema=0.7)
-    pipe = DebiasPipeline([], stats)
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, C, (B, H, W), generator=g)
     idx = torch.tensor([3, 7, 11, 19])
@@ -190,7 +189,7 @@ def test_lff_preview_equals_update_then_weights_and_does_not_write():
     stats.update_segmentation(idx, first_b, first_d, y)
     before = stats.state_dict()
     ce_b, ce_d = torch.rand(B, H, W, generator=g), torch.rand(B, H, W, generator=g)
-    w = pipe.lff_pixel_weights(idx, ce_b, ce_d, y)
+    w = stats.preview_pixel_weights(idx, ce_b, ce_d, y)
     for k in ("ema_b", "ema_d", "updated"):
         assert torch.equal(stats.state_dict()[k], before[k])
     stats.update_segmentation(idx, ce_b, ce_d, y)
@@ -248,8 +247,8 @@ def test_every_option_trains_with_each_method(toy_root, tmp_path, method):
     # the biased network trained, LfF statistics hold the 2 x 2 source images seen
     assert any(not torch.equal(v, biased0[k]) for k, v in module.biased.state_dict().items()
                if v.is_floating_point())
-    assert 1 <= int(dm.debias.lff.updated.any(1).sum()) <= 4
-    assert dm.state_dict()["lff"]["ema_b"].shape == (len(dm.source_train), 19)
+    assert 1 <= int(module.lff_stats.updated.any(1).sum()) <= 4
+    assert module.lff_stats.state_dict()["ema_b"].shape == (len(dm.source_train), 19)
 
 
 def test_style_swap_needs_a_codec_outside_dranet(toy_root, tmp_path):
@@ -338,7 +337,7 @@ class DumpDebiasState(pl.Callback):
         self.out = out
 
     def on_train_end(self, trainer, pl_module):
-        state = {f"lff.{k}": v for k, v in trainer.datamodule.state_dict()["lff"].items()
+        state = {f"lff.{k}": v for k, v in pl_module.lff_stats.state_dict().items()
                  if torch.is_tensor(v)}
         state.update({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
         state["seen"] = pl_module.seen
@@ -366,3 +365,22 @@ def test_two_ranks_share_lff_statistics_teacher_and_biased_network(toy_root, tmp
     # the merged table holds exactly the images both ranks saw (ranks draw disjoint samples)
     rows = set(torch.nonzero(a["lff.updated"].any(1)).squeeze(1).tolist())
     assert rows == set(a["seen"]) | set(b["seen"]) and set(a["seen"]) != set(b["seen"])
+
+
+def test_lff_statistics_are_the_modules_checkpoint_state_and_old_checkpoints_load(toy_root,
+                                                                                   tmp_path):
+    cfg = small_cfg(toy_root, tmp_path, "source_only", "data.debias.lff.enabled=true")
+    module = build.build_module(cfg)
+    n = len(build.build_source_train(cfg, train=False))
+    assert module.lff_stats.ema_b.shape == (n, 19)
+    module.lff_stats.ema_b[3, 2] = 0.5
+    saved = {}
+    module.on_save_checkpoint(saved)
+    assert torch.equal(saved["lff"]["ema_b"], module.lff_stats.ema_b)
+    for checkpoint in (saved, {"UDADataModule": {"lff": saved["lff"]}}):  # now, before
+        fresh = build.build_module(cfg)
+        fresh.on_load_checkpoint(checkpoint)
+        assert float(fresh.lff_stats.ema_b[3, 2]) == 0.5
+    off = build.build_module(small_cfg(toy_root, tmp_path, "source_only"))
+    with pytest.raises(ValueError, match="data.debias.lff.enabled=true"):
+        off.on_load_checkpoint(saved)

@@ -54,7 +54,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(toy_root, tmp_path, method
     assert resumed["confusion_matrix"] == full["confusion_matrix"]
     if method.endswith("+debias"):  # teacher, biased net (in params) and LfF statistics
         assert any(k.startswith("teacher.") for k in a) and any(k.startswith("biased.") for k in a)
-        sa, sb = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["UDADataModule"]
+        sa, sb = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
                   for d in (tmp_path / "a", tmp_path / "b"))
         assert sa["lff"]["updated"].any()
         assert all(torch.equal(sa["lff"][k], sb["lff"][k]) for k in ("ema_b", "ema_d", "updated"))

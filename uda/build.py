@@ -17,8 +17,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from datamodules.datamodule import UDADataModule
-from datamodules.debias.callback import DebiasCallback
-from datamodules.debias.lff import LfFWeights
 from datamodules.debias.pipeline import (ClassMix, CutMix, DebiasPipeline, Mixup, SelecMix,
                                          StyleSwap)
 from datamodules.class_stats import class_counts
@@ -33,6 +31,7 @@ from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.mit import MiTSegmenter
 from uda.models.weights import WeightsError, load_matching_weights
+from uda.losses.lff import LfFWeights
 from uda.models.sync_bn import convert_sync_batchnorm
 from uda.modules.base import RecipeParts, SegmentationModule
 from uda.modules.dranet import build_translator
@@ -50,14 +49,7 @@ def build_datamodule(cfg: Config) -> UDADataModule:
     target_train = build_dataset(d.target, d.target.split,
                                  transform_from_config(d.target_transform, train=True),
                                  labelled=False)  # adaptation methods never read target labels
-    if methods.method(cfg.method.name).labelled_target:  # the oracle (toy benchmark only)
-        source_train = build_dataset(d.target, d.target.split,
-                                     transform_from_config(d.target_transform, train=True),
-                                     labelled=True)
-    else:
-        source_train = build_dataset(d.source, d.source.split,
-                                     transform_from_config(d.source_transform, train=True),
-                                     labelled=True)
+    source_train = build_source_train(cfg, train=True)
     target_val = build_dataset(d.target, d.target_val_split,
                                transform_from_config(d.eval_transform, train=False), labelled=True)
     rare = d.debias.rare_class
@@ -70,12 +62,27 @@ def build_datamodule(cfg: Config) -> UDADataModule:
     return UDADataModule(source_train, target_train, target_val, batch_size=d.batch_size,
                          val_batch_size=d.val_batch_size, num_workers=d.num_workers,
                          pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
-                         seed=cfg.seed, debias=build_debias(cfg, len(source_train)),
+                         seed=cfg.seed, debias=build_debias(cfg),
                          source_index_at=source_index_at)
 
 
-def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
-    """The batch mixers in their fixed order (see DebiasConfig) and the LfF statistics."""
+def build_source_train(cfg: Config, train: bool = True) -> SegmentationDataset:
+    """The labelled training set of the recipe: the source, or for the oracle (toy benchmark
+    only) the labelled target train split; with the training transform, or none."""
+    d = cfg.data
+    oracle = methods.method(cfg.method.name).labelled_target
+    domain, tf = (d.target, d.target_transform) if oracle else (d.source, d.source_transform)
+    return build_dataset(domain, domain.split, transform_from_config(tf, train=True) if train
+                         else None, labelled=True)
+
+
+def num_source_images(cfg: Config) -> int:
+    """Images of the recipe's labelled training set (the rows of the LfF statistics)."""
+    return len(build_source_train(cfg, train=False))
+
+
+def build_debias(cfg: Config) -> DebiasPipeline | None:
+    """The batch mixers in their fixed order (see DebiasConfig); None without any."""
     d = cfg.data.debias
     mixers = []
     if d.style_swap.enabled:
@@ -88,8 +95,7 @@ def build_debias(cfg: Config, num_source: int) -> DebiasPipeline | None:
         mixers.append(Mixup(d.mixup.p, d.mixup.alpha))
     if d.selecmix.enabled:
         mixers.append(SelecMix(d.selecmix.p, d.selecmix.alpha, d.selecmix.lam_max))
-    lff = LfFWeights(num_source, cfg.data.num_classes, d.lff.ema) if d.lff.enabled else None
-    return DebiasPipeline(mixers, lff) if (mixers or lff is not None) else None
+    return DebiasPipeline(mixers) if mixers else None
 
 
 def build_segmenter(cfg: Config) -> nn.Module:
@@ -158,8 +164,10 @@ def build_module(cfg: Config) -> SegmentationModule:
     module = _build_module(cfg)
     d = cfg.data.debias
     if d.lff.enabled or d.selecmix.enabled:
+        lff = (LfFWeights(num_source_images(cfg), cfg.data.num_classes, d.lff.ema)
+               if d.lff.enabled else None)
         module.attach_debias(biased=build_segmenter(cfg), gce_q=d.biased.q,
-                             w_biased=d.biased.weight, lff=d.lff.enabled)
+                             w_biased=d.biased.weight, lff=lff)
     module.max_nonfinite_skips = cfg.trainer.max_nonfinite_skips
     if cfg.trainer.sync_batchnorm:
         accel = cfg.trainer.accelerator
@@ -309,7 +317,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list,
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_checkpointing=False, enable_model_summary=False, logger=logger,
-        callbacks=[SyncBuffers(), DebiasCallback(), *callbacks,
+        callbacks=[SyncBuffers(), *callbacks,
                    *([IterationProgressBar()] if t.progress_bar else [])],
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,

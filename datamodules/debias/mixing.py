@@ -15,7 +15,7 @@ self-training recipe computes them, uda.losses.pseudo_label).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def mixup(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.Te
     """Mixup: x = lam * x_a + (1 - lam) * x_b with lam ~ Beta(alpha, alpha) per sample.
 
     x_a, x_b float (B,...) of equal shape; y_a, y_b (B,) or (B,H,W) int64 (returned unchanged:
-    the target is the pair of labels, trained with `mixed_loss`). Returns
+    the target is the pair of labels, trained with `uda.losses.mixed.mixed_loss`). Returns
     (x (like x_a), y_a, y_b, lam (B,) in [0, 1], dtype of x).
     """
     if x_a.shape != x_b.shape or y_a.shape != y_b.shape or y_a.shape[0] != x_a.shape[0]:
@@ -72,28 +72,6 @@ def mixup(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.Te
     lam = sample_beta(alpha, x_a.shape[0], generator, x_a.device).to(x_a.dtype)
     lx = _expand(lam, x_a)
     return lx * x_a + (1 - lx) * x_b, y_a, y_b, lam
-
-
-def mixed_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor,
-               reduction: str = "mean") -> torch.Tensor:
-    """lam * L(logits, y_a) + (1 - lam) * L(logits, y_b), per sample.
-
-    `loss_fn(logits, target)` must return UNREDUCED losses with the batch first: (B,) for class
-    labels or (B,H,W) for masks (e.g. `F.cross_entropy(..., reduction="none",
-    ignore_index=255)`, which is 0 at ignored pixels). lam (B,) or a scalar. reduction "mean"
-    (mean over all elements, ignored pixels included as zeros) or "none".
-    """
-    la, lb = loss_fn(logits, y_a), loss_fn(logits, y_b)
-    lam = torch.as_tensor(lam, dtype=la.dtype, device=la.device)
-    if lam.dim() == 1:
-        lam = _expand(lam, la)
-    out = lam * la + (1 - lam) * lb
-    if reduction == "none":
-        return out
-    if reduction == "mean":
-        return out.mean()
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 # ----------------------------------------------------------------------------- CutMix
@@ -125,7 +103,8 @@ def cutmix(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.T
 
     x (B,C,H,W). Masks y (B,H,W): returns (x, y, lam_eff) where y = y_b inside the box and
     y_a outside (a pixelwise label: no soft target needed). Class labels y (B,): returns
-    (x, y_a, y_b, lam_eff), to be trained with `mixed_loss`. lam_eff (B,) (dtype of x) is
+    (x, y_a, y_b, lam_eff), to be trained with `uda.losses.mixed.mixed_loss`. lam_eff (B,)
+    (dtype of x) is
     exactly 1 - (box pixels) / (H * W), the fraction of x_a that remains.
     """
     _check_pair(x_a, y_a, x_b, y_b)

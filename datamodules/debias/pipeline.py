@@ -1,7 +1,8 @@
 """Debiasing augmentations applied to whole UDA training batches, on device.
 
-`DebiasPipeline` owns an ordered list of batch mixers, the callables that the LightningModule
-registers for the model-in-the-loop ones, and the LfF statistics. `apply(batch, seed)` runs
+`DebiasPipeline` owns an ordered list of batch mixers and the callables that the
+LightningModule registers for the model-in-the-loop ones (no model state: LfF's statistics live
+with the recipe, uda.losses.lff). `apply(batch, seed)` runs
 every mixer with one `torch.Generator` seeded by `seed` (the datamodule derives it from
 (seed, rank, iteration): reproducible, resumable, and different on each rank).
 
@@ -19,12 +20,10 @@ Registered callables (`register`), all without gradients:
 """
 from __future__ import annotations
 
-import copy
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
-from datamodules.debias.lff import LfFWeights
 from datamodules.debias.mixing import class_mix_mask, cutmix, mixup, sample_beta
 from datamodules.debias.selecmix import select_contradicting
 
@@ -153,12 +152,12 @@ def _blended(batch, xm, mask_b, lam, pick):
 
 
 class DebiasPipeline:
-    """Mixers in order + registered callables + LfF statistics (None when LfF is off). A mixer
-    is callable as mixer(batch, generator, hooks) -> batch and has `name` (its data.debias key)
-    and `requires` (the callable it needs, or None)."""
+    """Mixers in order + registered callables. A mixer is callable as
+    mixer(batch, generator, hooks) -> batch and has `name` (its data.debias key) and `requires`
+    (the callable it needs, or None)."""
 
-    def __init__(self, mixers: list, lff: Optional[LfFWeights] = None):
-        self.mixers, self.lff = list(mixers), lff
+    def __init__(self, mixers: list):
+        self.mixers = list(mixers)
         self.hooks: Hooks = {}
 
     def register(self, **callables: Callable) -> None:
@@ -170,7 +169,7 @@ class DebiasPipeline:
         return {m.requires for m in self.mixers if m.requires}
 
     def __bool__(self) -> bool:
-        return bool(self.mixers) or self.lff is not None
+        return bool(self.mixers)
 
     @torch.no_grad()  # augmentations are inputs: no gradient reaches the registered models
     def apply(self, batch: dict, seed: int) -> dict:
@@ -181,11 +180,3 @@ class DebiasPipeline:
         for mixer in self.mixers:
             batch = mixer(batch, g, self.hooks)
         return batch
-
-    # ---- LfF statistics: read by the module, written only by `DebiasCallback`
-    def lff_pixel_weights(self, indices, ce_b, ce_d, masks) -> torch.Tensor:
-        """(B,h,w) weights with this batch's losses folded into the EMAs (as LfF does before
-        weighting), without changing the stored statistics."""
-        preview = copy.deepcopy(self.lff)
-        preview.update_segmentation(indices, ce_b, ce_d, masks)
-        return preview.pixel_weights(indices, masks)

@@ -66,7 +66,8 @@ def selecmix(x: torch.Tensor, y: torch.Tensor, features_bias: torch.Tensor, alph
 
     x (B,...) float; y (B,) int64; features_bias (B,D). lam = lam_max * Beta(alpha, alpha) per
     sample, lam_max in (0, 1]. Returns (x_mixed (like x), y_a = y, y_b = y[partner],
-    lam (B,) dtype of x); train with `mixed_loss(loss_fn, logits, y_a, y_b, lam)` as for mixup.
+    lam (B,) dtype of x); train with `uda.losses.mixed.mixed_loss(loss_fn, logits, y_a, y_b,
+    lam)` as for mixup.
     lam_max=0.5 is the SelecMix code's setting: the partner dominates the mixed image, so an
     anchor that follows the bias mixed with a partner that contradicts it yields a new
     bias-conflicting sample (the code then uses the partner's label alone, i.e. lam = 0 in

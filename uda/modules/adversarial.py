@@ -113,9 +113,11 @@ class OutputSpaceAdversarial(SegmentationModule):
         self.log("train/loss_seg", losses["seg_main"], prog_bar=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["discriminator_labels"] = D_LABELS
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if checkpoint.get("discriminator_labels") != D_LABELS:
             flip_discriminator_labels(self, checkpoint)
 

@@ -109,6 +109,7 @@ class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
         self.last_results: dict | None = None
         self.last_results_step = -1  # iteration at which last_results were computed
         self.biased: nn.Module | None = None
+        self.lff_stats = None  # uda.losses.lff.LfFWeights with data.debias.lff
         self.debias_settings: dict = {}
         self._codec = None  # a frozen DRANet translator; not part of the state_dict
 

@@ -7,9 +7,12 @@ from a DRANet checkpoint). At fit start it registers them as callables with the 
 `DebiasPipeline`, which augments each training batch after transfer. Recipes compute their
 source loss with `source_loss` (blended label pairs, LfF pixel weights) and add
 `debias_losses` (the biased network's GCE) to their task step; both are plain values without
-data.debias. `DebiasCallback` writes the LfF statistics. Mixed into `SegmentationModule`
-(which sets biased, debias_settings, _codec in its __init__). Self-training's EMA teacher is
-not debiasing: see uda.models.ema_teacher and the self_training recipe.
+data.debias. The LfF statistics (`uda.losses.lff.LfFWeights`) are the recipe's too: previewed
+for the weights in `source_loss`, updated and merged over ranks after the task step
+(`lff_update`, called by task_step), saved in the checkpoint under "lff". Mixed into
+`SegmentationModule` (which sets biased, lff_stats, debias_settings, _codec in its __init__).
+Self-training's EMA teacher is not debiasing: see uda.models.ema_teacher and the self_training
+recipe.
 """
 from __future__ import annotations
 
@@ -17,18 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.debias.lff import gce_loss
-from datamodules.debias.mixing import mixed_loss
+from uda.losses.lff import LfFWeights, gce_loss
+from uda.losses.mixed import mixed_loss
 from uda.models.modes import eval_mode
 
 
 class DebiasMixin:
     def attach_debias(self, biased: nn.Module | None = None, gce_q: float = 0.7,
-                      w_biased: float = 1.0, lff: bool = False) -> None:
+                      w_biased: float = 1.0, lff: LfFWeights | None = None) -> None:
         """biased: a fresh network trained with GCE(q) at weight w_biased (LfF, SelecMix); lff:
-        weight the source CE by LfF."""
+        the LfF statistics of the source set, which weight the source CE (None: off)."""
         self.biased = biased
-        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, lff=lff)
+        self.lff_stats = lff
+        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, lff=lff is not None)
 
     def set_style_codec(self, translator: nn.Module) -> None:
         """A DRANet translator used (frozen) as the style-swap codec; not saved with the module."""
@@ -76,13 +80,13 @@ class DebiasMixin:
         return getattr(dm, "debias", None)
 
     def on_fit_start(self) -> None:
+        if getattr(self, "lff_stats", None) is not None:
+            self.lff_stats.to(self.device)
         pipeline = self._debias()
         if pipeline is None:
             return
         if self._codec is not None:
             self._codec.to(self.device)
-        if pipeline.lff is not None:
-            pipeline.lff.to(self.device)
         hooks = self.debias_hooks()
         missing = pipeline.needs - set(hooks)
         if missing:
@@ -103,11 +107,36 @@ class DebiasMixin:
             pixel = ce(logits, mask)
         if lff and self.debias_settings.get("lff"):
             ce_b = ce(self.biased_logits(src).detach(), mask)
-            w = self._debias().lff_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
-            self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for DebiasCallback
+            w = self.lff_stats.preview_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
+            self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for lff_update
             pixel = pixel * w
         valid = mask != 255
         return pixel[valid].sum() / valid.sum().clamp(min=1)
+
+    def lff_update(self) -> None:
+        """After the task step: the batch's per-(image, class) losses into the LfF statistics
+        (not those of a skipped, non-finite iteration), then the updates of all DDP ranks merged
+        (a collective: every rank runs it at every task step)."""
+        if getattr(self, "lff_stats", None) is None:
+            return
+        pending, self.lff_batch = getattr(self, "lff_batch", None), None
+        if pending is not None and all(bool(t.isfinite().all()) for t in pending[1:3]):
+            self.lff_stats.update_segmentation(*pending)
+        self.lff_stats.all_reduce_()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if getattr(self, "lff_stats", None) is not None:
+            checkpoint["lff"] = self.lff_stats.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # before this version the statistics were the datamodule's checkpoint state
+        state = checkpoint.get("lff") or checkpoint.get("UDADataModule", {}).get("lff")
+        if state is None:
+            return
+        if getattr(self, "lff_stats", None) is None:
+            raise ValueError("the checkpoint holds LfF statistics but data.debias.lff is off: "
+                             "resume with data.debias.lff.enabled=true")
+        self.lff_stats.load_state_dict(state)
 
     def biased_logits(self, src: dict) -> torch.Tensor:
         """The biased network's logits on the step's source images, with gradients: one forward

@@ -74,16 +74,19 @@ class GuardedSteps:
         """The task network's step on the recipe's `losses` (already weighted) plus the
         debiasing terms; returns (stepped, every term)."""
         src = batch["source"]
-        if ("lam" in src or self.debias_settings.get("lff")) and not getattr(self, "_source_loss_used", False):
+        needs_source_loss = "lam" in src or self.debias_settings.get("lff")
+        if needs_source_loss and not getattr(self, "_source_loss_used", False):
             raise RuntimeError(f"{type(self).__name__}: data.debias blends source labels or "
                                "weights source pixels, but the recipe's source loss did not "
                                "go through source_loss(logits, batch['source'])")
         terms = {**losses, **self.debias_losses(batch)}
         self._in_task_step = True
         try:
-            return self.backward_step(optimizer, sum(terms.values()), name), terms
+            stepped = self.backward_step(optimizer, sum(terms.values()), name)
         finally:
             self._in_task_step = False
+        self.lff_update()
+        return stepped, terms
 
     def _check_task_optimizer(self, optimizer) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps optimizers

@@ -17,6 +17,7 @@ losses are >= 0, so it is the maximum over the updated entries, as in LfF). Memo
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -145,6 +146,14 @@ class LfFWeights:
         valid = m != ignore_index
         w = table.gather(1, torch.where(valid, m, torch.zeros_like(m)).flatten(1)).view_as(m)
         return (w * valid).to(masks.device)
+
+    def preview_pixel_weights(self, indices: torch.Tensor, ce_b_map: torch.Tensor,
+                              ce_d_map: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """`pixel_weights` with this batch's losses folded into the EMAs first (as LfF does
+        before weighting), the stored statistics unchanged."""
+        preview = copy.deepcopy(self)
+        preview.update_segmentation(indices, ce_b_map, ce_d_map, masks)
+        return preview.pixel_weights(indices, masks)
 
     # ------------------------------------------------------------------ checkpoints / DDP
     def state_dict(self) -> dict:
