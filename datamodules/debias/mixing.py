@@ -104,8 +104,7 @@ def cutmix(x_a: torch.Tensor, y_a: torch.Tensor, x_b: torch.Tensor, y_b: torch.T
     x (B,C,H,W). Masks y (B,H,W): returns (x, y, lam_eff) where y = y_b inside the box and
     y_a outside (a pixelwise label: no soft target needed). Class labels y (B,): returns
     (x, y_a, y_b, lam_eff), to be trained with `uda.losses.mixed.mixed_loss`. lam_eff (B,)
-    (dtype of x) is
-    exactly 1 - (box pixels) / (H * W), the fraction of x_a that remains.
+    (dtype of x) is exactly 1 - (box pixels) / (H * W), the fraction of x_a that remains.
     """
     _check_pair(x_a, y_a, x_b, y_b)
     if x_a.dim() != 4:
