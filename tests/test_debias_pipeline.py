@@ -371,7 +371,9 @@ def test_lff_statistics_are_the_modules_checkpoint_state_and_old_checkpoints_loa
                                                                                    tmp_path):
     cfg = small_cfg(toy_root, tmp_path, "source_only", "data.debias.lff.enabled=true")
     module = build.build_module(cfg)
+    assert module.lff_stats is None  # sized when a fit starts (setup), from the datamodule
     n = len(build.build_source_train(cfg, train=False))
+    module.setup_lff(n)
     assert module.lff_stats.ema_b.shape == (n, 19)
     module.lff_stats.ema_b[3, 2] = 0.5
     saved = {}

@@ -31,7 +31,6 @@ from uda.config import Config, ConfigError
 from uda.models import DRNC26, DeepLabV2, SmallSegNet
 from uda.models.mit import MiTSegmenter
 from uda.models.weights import WeightsError, load_matching_weights
-from uda.losses.lff import LfFWeights
 from uda.models.sync_bn import convert_sync_batchnorm
 from uda.modules.base import RecipeParts, SegmentationModule
 from uda.modules.dranet import build_translator
@@ -74,11 +73,6 @@ def build_source_train(cfg: Config, train: bool = True) -> SegmentationDataset:
     domain, tf = (d.target, d.target_transform) if oracle else (d.source, d.source_transform)
     return build_dataset(domain, domain.split, transform_from_config(tf, train=True) if train
                          else None, labelled=True)
-
-
-def num_source_images(cfg: Config) -> int:
-    """Images of the recipe's labelled training set (the rows of the LfF statistics)."""
-    return len(build_source_train(cfg, train=False))
 
 
 def build_debias(cfg: Config) -> DebiasPipeline | None:
@@ -164,10 +158,9 @@ def build_module(cfg: Config) -> SegmentationModule:
     module = _build_module(cfg)
     d = cfg.data.debias
     if d.lff.enabled or d.selecmix.enabled:
-        lff = (LfFWeights(num_source_images(cfg), cfg.data.num_classes, d.lff.ema)
-               if d.lff.enabled else None)
         module.attach_debias(biased=build_segmenter(cfg), gce_q=d.biased.q,
-                             w_biased=d.biased.weight, lff=lff)
+                             w_biased=d.biased.weight,
+                             lff_ema=d.lff.ema if d.lff.enabled else None)
     module.max_nonfinite_skips = cfg.trainer.max_nonfinite_skips
     if cfg.trainer.sync_batchnorm:
         accel = cfg.trainer.accelerator

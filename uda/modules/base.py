@@ -109,11 +109,15 @@ class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
         self.last_results: dict | None = None
         self.last_results_step = -1  # iteration at which last_results were computed
         self.biased: nn.Module | None = None
-        self.lff_stats = None  # uda.losses.lff.LfFWeights with data.debias.lff
+        self.lff_stats = None  # uda.losses.lff.LfFWeights with data.debias.lff (setup_lff)
+        self.lff_ema: float | None = None
         self.debias_settings: dict = {}
         self._codec = None  # a frozen DRANet translator; not part of the state_dict
 
     def setup(self, stage: str) -> None:
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and getattr(dm, "source_train", None) is not None:
+            self.setup_lff(len(dm.source_train))  # before a resume restores them
         if self.channels_last:  # NHWC: faster convolutions on tensor cores / recent CPUs
             self.to(memory_format=torch.channels_last)
 

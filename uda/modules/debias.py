@@ -27,12 +27,21 @@ from uda.models.modes import eval_mode
 
 class DebiasMixin:
     def attach_debias(self, biased: nn.Module | None = None, gce_q: float = 0.7,
-                      w_biased: float = 1.0, lff: LfFWeights | None = None) -> None:
-        """biased: a fresh network trained with GCE(q) at weight w_biased (LfF, SelecMix); lff:
-        the LfF statistics of the source set, which weight the source CE (None: off)."""
+                      w_biased: float = 1.0, lff_ema: float | None = None) -> None:
+        """biased: a fresh network trained with GCE(q) at weight w_biased (LfF, SelecMix);
+        lff_ema: weight the source CE by LfF with statistics of EMA decay lff_ema (None: off;
+        the statistics are sized by `setup_lff` when a fit starts)."""
         self.biased = biased
-        self.lff_stats = lff
-        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, lff=lff is not None)
+        self.lff_ema = lff_ema
+        self.debias_settings = dict(gce_q=gce_q, w_biased=w_biased, lff=lff_ema is not None)
+
+    def setup_lff(self, num_samples: int) -> None:
+        """LfF statistics for a labelled training set of `num_samples` images (kept when they
+        already have that size)."""
+        if getattr(self, "lff_ema", None) is None:
+            return
+        if self.lff_stats is None or self.lff_stats.num_samples != num_samples:
+            self.lff_stats = LfFWeights(num_samples, len(self.class_names), self.lff_ema)
 
     def set_style_codec(self, translator: nn.Module) -> None:
         """A DRANet translator used (frozen) as the style-swap codec; not saved with the module."""
@@ -133,9 +142,10 @@ class DebiasMixin:
         state = checkpoint.get("lff") or checkpoint.get("UDADataModule", {}).get("lff")
         if state is None:
             return
-        if getattr(self, "lff_stats", None) is None:
+        if getattr(self, "lff_ema", None) is None:
             raise ValueError("the checkpoint holds LfF statistics but data.debias.lff is off: "
                              "resume with data.debias.lff.enabled=true")
+        self.setup_lff(int(state["ema_b"].shape[0]))  # outside a fit: sized by the checkpoint
         self.lff_stats.load_state_dict(state)
 
     def biased_logits(self, src: dict) -> torch.Tensor:
