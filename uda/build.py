@@ -49,8 +49,7 @@ def build_datamodule(cfg: Config) -> UDADataModule:
                                  transform_from_config(d.target_transform, train=True),
                                  labelled=False)  # adaptation methods never read target labels
     source_train = build_source_train(cfg, train=True)
-    target_val = build_dataset(d.target, d.target_val_split,
-                               transform_from_config(d.eval_transform, train=False), labelled=True)
+    target_val = build_target_val(cfg)
     rare = d.debias.rare_class
     source_index_at = None
     if rare.enabled:
@@ -324,11 +323,17 @@ def build_eval_transform(cfg: Config):
     return transform_from_config(cfg.data.eval_transform, train=False)
 
 
+def build_target_val(cfg: Config) -> SegmentationDataset:
+    """Labelled target val with the evaluation transform: the validation and `uda evaluate`
+    set."""
+    return build_dataset(cfg.data.target, cfg.data.target_val_split, build_eval_transform(cfg),
+                         labelled=True)
+
+
 def build_eval_datamodule(cfg: Config) -> UDADataModule:
     """Labelled target val alone (`uda evaluate`)."""
     d = cfg.data
-    val = build_dataset(d.target, d.target_val_split, build_eval_transform(cfg), labelled=True)
-    return UDADataModule(None, None, val, val_batch_size=d.val_batch_size,
+    return UDADataModule(None, None, build_target_val(cfg), val_batch_size=d.val_batch_size,
                          num_workers=d.num_workers, pin_memory=d.pin_memory, seed=cfg.seed)
 
 

@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from uda.methods import METHODS, NAMES, OPTIMIZERS, MethodConfig
+from uda.methods import METHODS, NAMES, OPTIMIZERS, MethodConfig, method
 
 
 class ConfigError(ValueError):
@@ -122,8 +122,8 @@ class RareClassConfig:
 class DebiasConfig:
     """Debiasing augmentations (datamodules/debias). Applied on device to each training batch in
     a fixed order: style_swap, cutmix, classmix (within source), then one blend: mixup or
-    selecmix. (DACS, source pasted onto pseudo-labelled target, is the self_training method.) lff re-weights the source loss; rare_class changes the source
-    sampling. All randomness is seeded by (seed, rank, iteration): resumable and DDP-safe."""
+    selecmix. (DACS, source pasted onto pseudo-labelled target, is the self_training method.)
+    lff re-weights the source loss; rare_class changes the source sampling. All randomness is seeded by (seed, rank, iteration): resumable and DDP-safe."""
     style_swap: StyleSwapConfig = field(default_factory=StyleSwapConfig)
     cutmix: MixConfig = field(default_factory=MixConfig)
     classmix: MixConfig = field(default_factory=MixConfig)
@@ -429,7 +429,7 @@ def _validate(cfg: DictConfig) -> None:
                           f"{cfg.trainer.max_steps}: the learning rate would be 0 for the last "
                           f"iterations; set poly_horizon >= max_steps or null (= max_steps)")
     _validate_accelerator(cfg.trainer.accelerator)
-    chosen = next(m for m in METHODS if m.name == cfg.method.name)
+    chosen = method(cfg.method.name)
     problem = chosen.check(cfg) if chosen.check else None
     if problem:
         raise ConfigError(problem)
@@ -524,7 +524,7 @@ def _validate_debias(cfg: DictConfig) -> None:
         raise ConfigError("data.debias.style_swap.alpha_range must be [min, max] within [0, 1], "
                           f"got {list(d.style_swap.alpha_range)}")
     codec = d.style_swap.codec_checkpoint
-    own_codec = next(m for m in METHODS if m.name == cfg.method.name).translator
+    own_codec = method(cfg.method.name).translator
     if d.style_swap.enabled and not own_codec and not codec:
         raise ConfigError(f"data.debias.style_swap with method.name={cfg.method.name} needs "
                           "data.debias.style_swap.codec_checkpoint (a DRANet run's checkpoint): "

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from datamodules.debias.mixing import classmix
-from datamodules.debias.photometric import strong_transform
 from uda.losses import segmentation_ce
 from uda.losses.feature_distance import thing_feature_distance
 from uda.losses.pseudo_label import pseudo_label
@@ -49,12 +48,6 @@ class DAFormer(SelfTraining):
         self.fd_scale_min_ratio = fd_scale_min_ratio
         self.ignore_top, self.ignore_bottom = ignore_top, ignore_bottom
 
-    def generator(self, batch) -> torch.Generator:
-        """The iteration's generator, seeded by the batch's seed (as self_training's)."""
-        dev = batch["target"]["image"].device
-        return torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(
-            batch["seed"])
-
     @torch.no_grad()
     def pseudo_labelled_target(self, batch) -> dict[str, torch.Tensor]:
         """The teacher's labels of the target images, their pixel weights (confidence, pseudo-
@@ -65,14 +58,6 @@ class DAFormer(SelfTraining):
         weight = pseudo_weight_map(confidence, tuple(x_t.shape[-2:]), self.ignore_top,
                                    self.ignore_bottom)
         return {"labels": labels, "weight": weight, "confidence": confidence}
-
-    @torch.no_grad()
-    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """DAFormer's strong augmentation of normalised images (in [0, 1] RGB and back)."""
-        if self.strong_aug is None:
-            return x
-        u = strong_transform(self.to_display(x), g, **self.strong_aug)
-        return ((u - self.mean) / self.std).to(x.dtype)
 
     @torch.no_grad()
     def mix(self, batch, target: dict, g: torch.Generator) -> dict[str, torch.Tensor]:

@@ -48,18 +48,31 @@ class SelfTraining(SegmentationModule):
         opt, sched = self.task_optimizer()
         return [opt], [sched]
 
+    def generator(self, batch) -> torch.Generator:
+        """The iteration's generator of the recipe's own randomness, seeded by the batch's
+        seed (on the images' device when CUDA, else the CPU)."""
+        dev = batch["target"]["image"].device
+        return torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(
+            batch["seed"])
+
+    @torch.no_grad()
+    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The strong augmentation of dataset-normalised images (applied in [0, 1] RGB); x
+        unchanged when it is off."""
+        if self.strong_aug is None:
+            return x
+        u = strong_transform(self.to_display(x), g, **self.strong_aug)
+        return self.from_display(u).to(x.dtype)
+
     @torch.no_grad()
     def mixed_batch(self, batch) -> dict[str, torch.Tensor]:
         """Source classes pasted onto the pseudo-labelled target: image, mask, pixel weight."""
         src, x_t = batch["source"], batch["target"]["image"]
         labels, confidence = pseudo_label(self.teacher(x_t, self.segmenter), self.threshold,
                                           per_image=self.per_image)
-        dev = x_t.device
-        g = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(batch["seed"])
+        g = self.generator(batch)
         x, y, w = classmix(src["image"], src["mask"], x_t, labels, g, weight_tgt=confidence)
-        if self.strong_aug is not None:
-            x = self.from_display(strong_transform(self.to_display(x), g, **self.strong_aug))
-        return {"image": x, "mask": y, "weight": w, "confidence": confidence}
+        return {"image": self.augment(x, g), "mask": y, "weight": w, "confidence": confidence}
 
     def training_step(self, batch, batch_idx):
         opt, sched = self.optimizers(), self.lr_schedulers()
