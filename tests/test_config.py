@@ -69,7 +69,7 @@ def test_layering_defaults_yaml_and_overrides(tmp_path):
 
 
 SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("**/*.yaml")
-                 if p.parent.name not in ("methods", "debias")
+                 if p.parent.name not in ("methods", "debias", "networks")
                  and p.name not in ("base.yaml", "official_base.yaml"))
 DEBIAS_FRAGMENTS = sorted((REPO / "configs" / "debias").glob("*.yaml"))
 
@@ -159,3 +159,26 @@ def test_gpu_accelerator_without_cuda_names_the_fix(accelerator, monkeypatch):
     assert f"trainer.accelerator={accelerator}" in str(e.value)
     assert "use trainer.accelerator=cpu" in str(e.value)
     assert load_config(None, ROOTS + ["trainer.accelerator=cpu"]).trainer.accelerator == "cpu"
+
+
+OLD_RUN = """
+data: {source: {root: /s}, target: {root: /t},
+       debias: {dacs: {enabled: %s, threshold: 0.968, ema: 0.99}}}
+"""
+
+
+def test_a_checkpoint_config_with_a_removed_section_switched_off_still_loads():
+    """Every run before data.debias.dacs was removed stored it, switched off: evaluating or
+    translating such a run's checkpoint must not fail on it; a run that used it still gets the
+    removal error (its training cannot be resumed as it was)."""
+    cfg = load_config(base_text=OLD_RUN % "false", base_name="run.ckpt (config)")
+    assert cfg.data.source.root == "/s" and "dacs" not in cfg.data.debias
+    with pytest.raises(ConfigError, match=r"run.ckpt \(config\): 'data.debias.dacs' was "
+                                          r"removed: DACS .* method.name=self_training"):
+        load_config(base_text=OLD_RUN % "true", base_name="run.ckpt (config)")
+
+
+def test_a_removed_section_in_a_user_yaml_is_refused_even_when_off(tmp_path):
+    (tmp_path / "c.yaml").write_text(OLD_RUN % "false")
+    with pytest.raises(ConfigError, match=r"c.yaml: 'data.debias.dacs.*' was removed"):
+        load_config(tmp_path / "c.yaml")

@@ -343,13 +343,26 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     return chain
 
 
+def _without_disabled_removed(node: DictConfig) -> DictConfig:
+    """A checkpoint's stored config without the removed sections it stored switched off (e.g.
+    `data.debias.dacs: {enabled: false, ...}`, written by every run before the removal): they
+    had no effect on the run. A removed section that was on still gets the removal error."""
+    for key in _REMOVED_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(node, parent) if parent else node
+        value = section.get(leaf) if isinstance(section, DictConfig) else None
+        if isinstance(value, DictConfig) and value.get("enabled") is False:
+            del section[leaf]
+    return node
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 base_text: str | None = None, base_name: str = "checkpoint config") -> Config:
     """Build the validated config (an OmegaConf-typed `Config`). `base_text` (a resolved YAML,
     e.g. the one stored in a checkpoint) is applied first, then the file, then the overrides."""
     cfg = OmegaConf.structured(Config)
     if base_text:
-        cfg = _merge(cfg, OmegaConf.create(base_text), base_name)
+        cfg = _merge(cfg, _without_disabled_removed(OmegaConf.create(base_text)), base_name)
     if path is not None:
         for file, node in _load_yaml_chain(Path(path)):
             cfg = _merge(cfg, node, str(file))
