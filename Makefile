@@ -13,11 +13,12 @@ TOY_DIR ?= data/toy
 TRAIN_CONFIG ?= configs/toy/dranet.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install train test toy clean help
+.PHONY: install train test test-real toy clean help
 
 help:
 	@echo "make train   set up, generate the toy benchmark if absent, train on it, print target mIoU"
-	@echo "make test    set up and run the test suite"
+	@echo "make test    set up and run the test suite (without the realscale tests)"
+	@echo "make test-real  the realscale tests: real configs at real shapes on the CPU (an hour)"
 	@echo "make toy     (re)generate the toy benchmark in $(TOY_DIR)"
 
 $(PY):
@@ -40,7 +41,10 @@ train: $(STAMP) $(TOY_DIR)/toy_meta.json
 	$(PY) -m uda train --config $(TRAIN_CONFIG) data.source.root=$(TOY_DIR)/source data.target.root=$(TOY_DIR)/target
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not realscale" $(PYTEST_ARGS)
+
+test-real: $(STAMP)
+	$(PY) -m pytest -m realscale $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -205,7 +205,7 @@ def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, pre
         *([f"data.batch_size={batch}"] if batch else [])])
     src, tgt = (crop, crop) if crop else config_shapes(cfg)
     b = cfg.data.batch_size
-    dm = random_datamodule(src, b, tgt, debias=build.build_debias(cfg, 64))
+    dm = random_datamodule(src, b, tgt, debias=build.build_debias(cfg))
     module = build.build_module(cfg)
     random_layout_means(module)
     timer = IterTimer()

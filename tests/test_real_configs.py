@@ -1,0 +1,44 @@
+"""The recipes' real configs at real shapes, and the benchmark script that runs them
+(scripts/bench_methods.py): the recipe runs for real (Lightning Trainer, every optimizer step) on
+random frames of the config's own crop and batch, random weights.
+
+The real-shape runs are marked `realscale` (and `slow`): MiT-B5 at 512x512, batch 2 + 2, takes
+about 100 s to 8 min per iteration on a 2-core CPU and up to 15 GB of memory, so `make test`
+leaves them out and `make test-real` runs them."""
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_methods import bench  # noqa: E402
+
+RECIPES = ("daformer", "mic")
+
+
+def test_bench_runs_a_recipe_and_reports_its_figures():
+    """Toy size: two iterations of each optimizer step, figures of the right kind."""
+    torch.manual_seed(0)
+    r = bench("daformer", "toy", iters=2, warmup=0, accelerator="cpu", precision="32-true",
+              channels_last=False, crop=(32, 64), batch=1)
+    assert (r["name"], r["method"], r["iters"], r["size"]) == ("daformer", "daformer", 2,
+                                                               "32x64 batch 1+1")
+    assert r["finite"] and r["error"] is None and r["s_per_iter"] > 0 and r["peak_mib"] > 0
+    assert r["images_per_s"] == pytest.approx(2 / r["s_per_iter"])
+
+
+@pytest.mark.slow
+@pytest.mark.realscale
+@pytest.mark.parametrize("benchmark", ["gta5_cityscapes", "synthia_cityscapes"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_real_config_trains_two_iterations_at_real_shapes(benchmark, recipe):
+    """configs/<benchmark>/<recipe>.yaml as shipped (MiT-B5 + DAFormer head, 512x512 crops,
+    batch 2 + 2): two training iterations with finite losses."""
+    torch.manual_seed(0)
+    path = REPO / "configs" / benchmark / f"{recipe}.yaml"
+    r = bench(str(path), "real", iters=2, warmup=0, accelerator="cpu", precision="32-true",
+              channels_last=False)
+    assert (r["method"], r["iters"], r["size"]) == (recipe, 2, "512x512 batch 2+2")
+    assert r["finite"], r["nonfinite"]
