@@ -162,3 +162,11 @@ def test_cli_refusal_is_one_error_line(toy_root, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("uda: error: ")
     assert "model.name=dinov2" in lines[0] and "model.name=mit" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_projector_norm_is_timms_layernorm2d():
+    from timm.layers import LayerNorm2d as TimmLayerNorm2d
+
+    from uda.models.feature_projector import LayerNorm2d
+    x = torch.randn(2, 8, 3, 5) * 3 + 1
+    assert torch.allclose(LayerNorm2d(8)(x), TimmLayerNorm2d(8)(x), atol=1e-6)

@@ -7,8 +7,18 @@ the feature distance: not part of the segmenter, not in its EMA teacher.
 from __future__ import annotations
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each cell of a (B, C, h, w) map (timm's LayerNorm2d; timm
+    itself is imported only by the DINOv2 modules; its eps 1e-6)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class FeatureProjector(nn.Module):
