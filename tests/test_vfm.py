@@ -170,3 +170,21 @@ def test_projector_norm_is_timms_layernorm2d():
     from uda.models.feature_projector import LayerNorm2d
     x = torch.randn(2, 8, 3, 5) * 3 + 1
     assert torch.allclose(LayerNorm2d(8)(x), TimmLayerNorm2d(8)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bench,variant,lr", [("gta5_cityscapes", "l", 2.83e-6),
+                                              ("synthia_cityscapes", "b", 1.41e-5)])
+def test_real_configs_hold_the_paper_settings(bench, variant, lr):
+    cfg = load_config(REPO / f"configs/{bench}/vfm.yaml",
+                      ["data.source.root=/s", "data.target.root=/t"])
+    assert cfg.method.name == "vfm" and cfg.model.name == "dinov2"
+    assert cfg.model.vit_variant == variant and cfg.model.vit_layer_decay == 0.9
+    s = cfg.method.vfm
+    assert (s.fd_source, s.fd_target, s.mask_ratio, s.mask_block_size, s.ema) == (
+        0.1, 0.1, 0.7, 56, 0.999)
+    o = cfg.method.optim
+    assert (o.name, o.lr, o.weight_decay, o.warmup_iters, o.warmup_ratio, o.poly_power) == (
+        "adamw", lr, 0.01, 1500, 1e-3, 1.0)
+    assert list(cfg.data.target_transform.crop) == [1024, 1024]
+    assert (cfg.eval.mode, list(cfg.eval.crop), list(cfg.eval.stride)) == (
+        "slide", [1024, 1024], [512, 512])
