@@ -192,7 +192,8 @@ class VFMConfig(SelfTrainingConfig):
       fd_source on the source images and fd_target on the target images (0 = off);
     - masked target consistency as MIC (mask_ratio, mic_lambda, mic_augment) with blocks of
       mask_block_size pixels aligned to the 14-pixel patch grid (a multiple of 14): each masked
-      patch token becomes the embedding of a mean-colour patch (uda.losses.masking.patch_block_mask).
+      patch token becomes the embedding of a mean-colour patch
+      (uda.losses.masking.patch_block_mask).
     The optimizer (AdamW, warmup, linear decay, backbone 0.1x with layer-wise decay
     model.vit_layer_decay) is method.optim with the segmenter's param_groups."""
     ema: float = 0.999

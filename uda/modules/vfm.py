@@ -11,7 +11,7 @@ One training iteration (labelled source x_s, y_s; unlabelled target x_t):
   task step     CE on x_s
                 + fd_source x the feature distance on x_s
                 + `weight` x the weighted CE on the mixed images
-                + mic_lambda x the weighted CE of the masked target (below) against the pseudo-labels
+                + mic_lambda x the weighted CE of the masked target (below), pseudo-labelled
                 + fd_target x the feature distance on x_t;
   teacher       EMA update after the step.
 
