@@ -179,6 +179,34 @@ class MICConfig(DAFormerConfig):
     mic_augment: bool = True
 
 
+
+@dataclass
+class VFMConfig(SelfTrainingConfig):
+    """VFM-UDA++ (Englert & Dubbelman, ICCVW 2025; tue-mps/vfm-uda-plusplus training/uda/uda.py)
+    on a DINOv2 segmenter (model.name=dinov2): self_training (its keys; VFM-UDA++: ema 0.999,
+    the batch-wide confident fraction, strong augmentation strength 0.2) plus
+    - feature distance to the frozen foundation model: the student's last-block tokens,
+      projected by a trained 1x1 MLP (D -> 4D, LayerNorm, GELU -> D), against the tokens of a
+      frozen copy of the pretrained DINOv2 segmenter, on every cell (no class selection): per
+      cell 0.1 x mean smooth-L1 over channels + 0.9 x (1 - cosine similarity), averaged; weight
+      fd_source on the source images and fd_target on the target images (0 = off);
+    - masked target consistency as MIC (mask_ratio, mic_lambda, mic_augment) with blocks of
+      mask_block_size pixels aligned to the 14-pixel patch grid (a multiple of 14): each masked
+      patch token becomes the embedding of a mean-colour patch
+      (uda.losses.masking.patch_block_mask).
+    The optimizer (AdamW, warmup, linear decay, backbone 0.1x with layer-wise decay
+    model.vit_layer_decay) is method.optim with the segmenter's param_groups."""
+    ema: float = 0.999
+    pseudo_weight: str = "batch"
+    jitter_strength: float = 0.2
+    fd_source: float = 0.1
+    fd_target: float = 0.1
+    mask_block_size: int = 56
+    mask_ratio: float = 0.7
+    mic_lambda: float = 1.0
+    mic_augment: bool = True
+
+
 def _check_daformer(cfg) -> Optional[str]:
     s = cfg.method[cfg.method.name]
     key = f"method.{cfg.method.name}"
@@ -208,6 +236,28 @@ def _check_mic(cfg) -> Optional[str]:
         return ("method.mic: need mask_block_size >= 1 (pixels), 0 <= mask_ratio < 1 and "
                 f"mic_lambda >= 0, got {s.mask_block_size}, {s.mask_ratio}, {s.mic_lambda}")
     return _check_daformer(cfg)
+
+
+#: DINOv2's patch size: VFM masks align to it
+VIT_PATCH = 14
+
+
+def _check_vfm(cfg) -> Optional[str]:
+    s = cfg.method.vfm
+    if cfg.model.name != "dinov2":
+        return (f"method.name=vfm trains a DINOv2 vision foundation model: set model.name=dinov2 "
+                f"(model.vit_variant s|b|l, model.pretrained=<local DINOv2 weights>), got "
+                f"model.name={cfg.model.name}")
+    if s.mask_block_size < VIT_PATCH or s.mask_block_size % VIT_PATCH:
+        return (f"method.vfm.mask_block_size must be a multiple of the ViT patch size "
+                f"{VIT_PATCH} (masks align to the patch tokens), got {s.mask_block_size}")
+    if not 0 <= s.mask_ratio < 1 or s.mic_lambda < 0 or s.fd_source < 0 or s.fd_target < 0:
+        return ("method.vfm: need 0 <= mask_ratio < 1 and mic_lambda, fd_source, fd_target >= 0, "
+                f"got {s.mask_ratio}, {s.mic_lambda}, {s.fd_source}, {s.fd_target}")
+    if not (0 <= s.jitter_strength and 0 <= s.jitter_p <= 1 and 0 <= s.blur_p <= 1):
+        return (f"method.vfm: need jitter_strength >= 0, 0 <= jitter_p <= 1 and 0 <= blur_p <= 1, "
+                f"got {s.jitter_strength}, {s.jitter_p}, {s.blur_p}")
+    return None
 
 
 def _check_adversarial(cfg) -> Optional[str]:
@@ -279,6 +329,10 @@ METHODS: tuple[Method, ...] = (
     Method("mic", "uda.modules.mic",
            "MIC: daformer + masked image consistency on the target",
            settings=MICConfig, check=_check_mic, choices={"pseudo_weight": ("image", "batch")}),
+    Method("vfm", "uda.modules.vfm",
+           "VFM-UDA++: self-training of a DINOv2 segmenter + feature distance to the frozen "
+           "foundation model, patch-aligned masked consistency",
+           settings=VFMConfig, check=_check_vfm, choices={"pseudo_weight": ("image", "batch")}),
     Method("oracle", "uda.modules.supervised",
            "supervised on labelled target train (toy benchmark upper bound)",
            labelled_target=True),

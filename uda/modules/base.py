@@ -149,14 +149,21 @@ class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
                                                o.warmup_iters, o.warmup_ratio))
 
     def task_optimizer(self):
-        """(optimizer, scheduler) of the segmenter (its param groups: heads at 10x lr) and of
-        the biased network, when there is one."""
-        groups = self.segmenter.param_groups(self.optim.lr)
+        """(optimizer, scheduler) of the segmenter (its param groups: heads at 10x lr), of the
+        recipe's own modules (`recipe_param_groups`) and of the biased network, when there is
+        one."""
+        lr = self.optim.lr
+        groups = self.segmenter.param_groups(lr) + self.recipe_param_groups(lr)
         if self.biased is not None:  # trained by its own (GCE) loss in the same step
-            groups += self.biased.param_groups(self.optim.lr)
+            groups += self.biased.param_groups(lr)
         opt = build_optimizer(groups, self.optim)
         self._task_opt = opt  # stepped only through task_step (uda.modules.steps)
         return opt, self.poly(opt)
+
+    def recipe_param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups of the recipe's own trained modules outside the segmenter (none
+        here), stepped with the task network."""
+        return []
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""
