@@ -189,6 +189,27 @@ def test_attention_head_trains_at_the_networks_highest_rate():
     assert attention and len(groups[1]["params"]) == len(attention)
 
 
+@pytest.mark.parametrize("family", ["mit", "dinov2"])
+def test_wraps_transformer_segmenters(family):
+    """MiT-B0 (its "stages") and a toy DINOv2 ViT (its "levels"): parts, inference, and the
+    attention head at the decode head's 10x rate."""
+    if family == "mit":
+        from uda.models.mit import MiTSegmenter
+        net = MiTSegmenter(19, "b0", "daformer", 32)
+    else:
+        from uda.models.vit import ViTSegmenter
+        net = ViTSegmenter(num_classes=19, variant="s", depth=4, dim=48)
+    model = HRDASegmenter(net, 19, detail_crop=(32, 32), divisible=2, attention_dim=16)
+    x = torch.randn(1, 3, 64, 64, generator=gen(13))
+    out = model.forward_train(x, gen(14))
+    assert out["fused"].shape == (1, 19, 64, 64) and out["hr"].shape == (1, 19, 32, 32)
+    assert model.attention.embed[0].in_channels == feature_levels(out["features"])[0].shape[1]
+    groups = model.param_groups(1e-3)
+    assert groups[-1]["name"] == "scale_attention" and groups[-1]["lr"] == pytest.approx(1e-2)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 19, 64, 64)
+
+
 # ---------------------------------------------------------------- losses
 
 def test_multires_loss_weights_by_hand():
