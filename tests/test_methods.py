@@ -108,7 +108,7 @@ def test_translator_handles_crops_and_full_frames(toy_root, tmp_path):
             assert out["x_st"].abs().max() <= 1.0
 
 
-@pytest.mark.parametrize("method", ["source_only", "adversarial", "dranet", "daformer", "mic"])
+@pytest.mark.parametrize("method", ["source_only", "adversarial", "dranet", "daformer", "mic", "hrda"])
 def test_bf16_mixed_and_channels_last_run(toy_root, tmp_path, method):
     cfg = shrunk(toy_root, tmp_path, method, "trainer.channels_last=true")
     module, dm = build.build_module(cfg), build.build_datamodule(cfg)

@@ -167,12 +167,39 @@ class DAFormerConfig(SelfTrainingConfig):
 
 
 @dataclass
-class MICConfig(DAFormerConfig):
-    """MIC (Hoyer et al. CVPR 2023) on top of daformer (all its keys): masked image consistency.
+class HRDAConfig(DAFormerConfig):
+    """HRDA (Hoyer et al. ECCV 2022): daformer (all its keys) on a multi-resolution network
+    (uda.models.hrda wraps model.*): the training crop downscaled by context_scale (the context,
+    HRDA 0.5) and a detail_crop [h, w] window of it at full resolution (HRDA 512 x 512 of a
+    1024 x 1024 crop) at a random offset, a multiple of crop_divisible pixels (HRDA 8), fused
+    by a learned per-class scale attention (attention: false = a fixed 0.5; attention_dim: the
+    attention head's width) that is 0 outside the window. Every training loss (source, mixed)
+    is (1 - lambda_lr - lambda_hr) x CE(fused) + lambda_lr x CE(context) + lambda_hr x CE(detail
+    window); HRDA: lambda_lr 0, lambda_hr 0.1. Inference (validation, the EMA teacher's pseudo-
+    labels): the context on the whole image and detail windows sliding by slide_stride [h, w]
+    (None: half the window, HRDA's) fused by the attention. The feature distance compares the
+    context's encoder features (HRDA's feature_scale 0.5). Pixel sizes are of the training crop
+    (HRDA's pseudo-label crop: 30 / 240 rows of a 1024-row crop, configs/methods/hrda.yaml)."""
+    context_scale: float = 0.5
+    detail_crop: List[int] = field(default_factory=lambda: [512, 512])
+    crop_divisible: int = 8
+    slide_stride: Optional[List[int]] = None
+    lambda_lr: float = 0.0
+    lambda_hr: float = 0.1
+    attention: bool = True
+    attention_dim: int = 256
+
+
+@dataclass
+class MICConfig(HRDAConfig):
+    """MIC (Hoyer et al. CVPR 2023) on top of daformer or hrda (`host`; all daformer keys, and
+    the hrda keys, read only when host is hrda): masked image consistency.
     Each target image, strong-augmented when mic_augment (MIC's `separatetrgaug`) and masked by
     random blocks of mask_block_size pixels, each dropped with probability mask_ratio
     (uda.losses.masking), is trained against the teacher's pseudo-labels of the unmasked image
-    with their confidence weights (and pseudo-label crop), at loss weight mic_lambda."""
+    with their confidence weights (and pseudo-label crop), at loss weight mic_lambda (on hrda:
+    with the host's multi-resolution loss on a random detail window, as the official MIC)."""
+    host: str = "daformer"
     mask_block_size: int = 64
     mask_ratio: float = 0.7
     mic_lambda: float = 1.0
@@ -230,12 +257,36 @@ def _check_daformer(cfg) -> Optional[str]:
     return None
 
 
+def _check_hrda(cfg) -> Optional[str]:
+    s = cfg.method[cfg.method.name]
+    key = f"method.{cfg.method.name}"
+    if not 0 < s.context_scale < 1 or s.crop_divisible < 1 or s.attention_dim < 1:
+        return (f"{key}: need 0 < context_scale < 1, crop_divisible >= 1 and attention_dim >= 1, "
+                f"got {s.context_scale}, {s.crop_divisible}, {s.attention_dim}")
+    if len(s.detail_crop) != 2 or min(s.detail_crop) < 1:
+        return f"{key}.detail_crop: [height, width] in pixels, got {list(s.detail_crop)}"
+    for side in ("source_transform", "target_transform"):
+        crop = getattr(cfg.data, side).crop
+        if crop and (s.detail_crop[0] > crop[0] or s.detail_crop[1] > crop[1]):
+            return (f"{key}.detail_crop={list(s.detail_crop)} must fit in the training crop "
+                    f"data.{side}.crop={list(crop)}: make it at most that (HRDA: half of it)")
+    stride = s.slide_stride
+    if stride is not None and (len(stride) != 2 or min(stride) < 1 or stride[0] > s.detail_crop[0]
+                               or stride[1] > s.detail_crop[1]):
+        return (f"{key}.slide_stride: [h, w] from 1 to detail_crop={list(s.detail_crop)} (null: "
+                f"half the window, HRDA's), got {list(stride)}")
+    if s.lambda_lr < 0 or s.lambda_hr < 0 or s.lambda_lr + s.lambda_hr > 1:
+        return (f"{key}: need lambda_lr, lambda_hr >= 0 with lambda_lr + lambda_hr <= 1 (the fused "
+                f"loss weighs the rest), got {s.lambda_lr}, {s.lambda_hr}")
+    return _check_daformer(cfg)
+
+
 def _check_mic(cfg) -> Optional[str]:
     s = cfg.method.mic
     if s.mask_block_size < 1 or not 0 <= s.mask_ratio < 1 or s.mic_lambda < 0:
         return ("method.mic: need mask_block_size >= 1 (pixels), 0 <= mask_ratio < 1 and "
                 f"mic_lambda >= 0, got {s.mask_block_size}, {s.mask_ratio}, {s.mic_lambda}")
-    return _check_daformer(cfg)
+    return _check_hrda(cfg) if s.host == "hrda" else _check_daformer(cfg)
 
 
 #: DINOv2's patch size: VFM masks align to it
@@ -326,9 +377,14 @@ METHODS: tuple[Method, ...] = (
            "augmentation (AdamW + warmup, rare-class sampling in its configs)",
            settings=DAFormerConfig, check=_check_daformer,
            choices={"pseudo_weight": ("image", "batch")}),
+    Method("hrda", "uda.modules.hrda",
+           "HRDA: daformer on a multi-resolution network (low-resolution context + high-"
+           "resolution detail crop fused by a learned scale attention)",
+           settings=HRDAConfig, check=_check_hrda, choices={"pseudo_weight": ("image", "batch")}),
     Method("mic", "uda.modules.mic",
-           "MIC: daformer + masked image consistency on the target",
-           settings=MICConfig, check=_check_mic, choices={"pseudo_weight": ("image", "batch")}),
+           "MIC: daformer (or hrda: method.mic.host) + masked image consistency on the target",
+           settings=MICConfig, check=_check_mic,
+           choices={"pseudo_weight": ("image", "batch"), "host": ("daformer", "hrda")}),
     Method("vfm", "uda.modules.vfm",
            "VFM-UDA++: self-training of a DINOv2 segmenter + feature distance to the frozen "
            "foundation model, patch-aligned masked consistency",

@@ -11,8 +11,10 @@ One training iteration (labelled source x_s, y_s; unlabelled target x_t):
                 augmentation of the mixed images (colour jitter, blur: datamodules.debias.photometric);
   task step     CE on the source + fd_lambda x the thing-class feature distance of the student's
                 source encoder features to a frozen copy of the initial network
-                (uda.losses.feature_distance) + `weight` x the weighted CE on the mixed images
-                + `target_losses` (none here; MIC adds its masked-image loss);
+                (uda.losses.feature_distance) (`source_losses`) + `weight` x the weighted CE on
+                the mixed images (`pseudo_ce`) + `target_losses` (none here; MIC adds its
+                masked-image loss); HRDA overrides `source_losses`, `pseudo_ce` and
+                `frozen_features` with its multi-resolution network;
   teacher       EMA update after the step (uda.models.ema_teacher).
 All randomness (mixing, augmentation, masks) comes from one generator seeded by batch["seed"].
 """
@@ -67,13 +69,31 @@ class DAFormer(SelfTraining):
                            g, weight_tgt=target["weight"])
         return {"image": self.augment(x, g), "mask": y, "weight": w}
 
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen initial network's encoder features of x (what the student's are pulled
+        towards)."""
+        return self.frozen(x)["enc"]
+
     def feature_distance(self, src: dict, features: torch.Tensor) -> torch.Tensor:
         """fd_lambda x the thing-class distance of the student's encoder features (of the
         source images) to the frozen initial network's."""
-        frozen = self.frozen(src["image"])["enc"]
         return self.fd_lambda * thing_feature_distance(
-            features, frozen, src["mask"], self.fd_classes, self.fd_scale_min_ratio,
-            len(self.class_names))
+            features, self.frozen_features(src["image"]), src["mask"], self.fd_classes,
+            self.fd_scale_min_ratio, len(self.class_names))
+
+    def source_losses(self, src: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """"seg": the CE on the source images (`source_loss`), "fd": the feature distance."""
+        logits, features = self.segmenter(src["image"], return_features=True)
+        losses = {"seg": self.source_loss(logits, src)}
+        if self.frozen is not None:
+            losses["fd"] = self.feature_distance(src, features["enc"])
+        return losses
+
+    def pseudo_ce(self, x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                  g: torch.Generator) -> torch.Tensor:
+        """The student's pixel-weighted CE on images with (pseudo-)labels: the mixed images,
+        MIC's masked ones."""
+        return segmentation_ce(self.segmenter(x), labels, pixel_weight=weight)
 
     def target_losses(self, batch, target: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
         """Further weighted losses on the target images given their pseudo-labels (none)."""
@@ -84,13 +104,9 @@ class DAFormer(SelfTraining):
         g = self.generator(batch)
         target = self.pseudo_labelled_target(batch)
         mixed = self.mix(batch, target, g)
-        src = batch["source"]
-        logits, features = self.segmenter(src["image"], return_features=True)
-        losses = {"seg": self.source_loss(logits, src)}
-        if self.frozen is not None:
-            losses["fd"] = self.feature_distance(src, features["enc"])
-        losses["mixed"] = self.weight * segmentation_ce(
-            self.segmenter(mixed["image"]), mixed["mask"], pixel_weight=mixed["weight"])
+        losses = self.source_losses(batch["source"], g)
+        losses["mixed"] = self.weight * self.pseudo_ce(mixed["image"], mixed["mask"],
+                                                       mixed["weight"], g)
         losses.update(self.target_losses(batch, target, g))
         stepped, losses = self.task_step(opt, losses, batch)  # + the data.debias terms
         self.teacher.update(self.segmenter, self.iteration)  # also after a skipped step
