@@ -62,8 +62,16 @@ for spec in "mit_b5:{name: mit, variant: b5, head: daformer, head_dim: 256}" \
 done
 ITEMS=(source_only adversarial dranet self_training "$WORK/self_training_mit_b5.yaml"
        "$WORK/self_training_dinov2_l.yaml" configs/gta5_cityscapes/adaptsegnet_official.yaml
-       configs/gta5_cityscapes/advent_official.yaml configs/gta5_cityscapes/dacs_official.yaml)
+       configs/gta5_cityscapes/advent_official.yaml configs/gta5_cityscapes/dacs_official.yaml
+       configs/gta5_cityscapes/{daformer,hrda,mic,mic_hrda,vfm}.yaml)
 GAN_ITEMS=(adversarial dranet)
+# BENCH_GPU_ITEMS="a b.yaml ...": part 2 benchmarks these instead (GAN items among them also
+# in 16-mixed); BENCH_GPU_PRECISIONS (default "32-true bf16-mixed 16-mixed"): part 2's precisions
+if [ -n "${BENCH_GPU_ITEMS:-}" ]; then
+    read -ra ITEMS <<< "$BENCH_GPU_ITEMS"
+    GAN_ITEMS=($(printf '%s\n' "${ITEMS[@]}" | grep -xE 'adversarial|dranet'))
+fi
+PRECISIONS=" ${BENCH_GPU_PRECISIONS:-32-true bf16-mixed 16-mixed} "
 if [ "$DRY" = 1 ]; then
     BUDGET=${BENCH_GPU_BUDGET:-3600}; ACC=cpu
     BENCH_ARGS=(--crop 32x64 --batch 1 --iters 2 --warmup 1)
@@ -199,9 +207,10 @@ if ! wanted 2; then
     end "not selected (BENCH_GPU_PARTS)"
 elif part_timeout 60 60 > /dev/null; then
     say "part 2: scripts/bench_methods.py --size real --accelerator $ACC ${BENCH_ARGS[*]}; peak: $([ "$ACC" = gpu ] && echo 'CUDA max_memory_allocated' || echo 'process max RSS')"
-    bench_group 32-true "${GROUP_S[0]}" "${ITEMS[@]}"
-    bench_group bf16-mixed "${GROUP_S[1]}" "${ITEMS[@]}"
-    bench_group 16-mixed "${GROUP_S[2]}" "${GAN_ITEMS[@]}"
+    [[ $PRECISIONS == *" 32-true "* ]] && bench_group 32-true "${GROUP_S[0]}" "${ITEMS[@]}"
+    [[ $PRECISIONS == *" bf16-mixed "* ]] && bench_group bf16-mixed "${GROUP_S[1]}" "${ITEMS[@]}"
+    [[ $PRECISIONS == *" 16-mixed "* ]] && (( ${#GAN_ITEMS[@]} )) &&
+        bench_group 16-mixed "${GROUP_S[2]}" "${GAN_ITEMS[@]}"
     "$PY" scripts/bench_gpu_report.py table "$OUT/bench.jsonl" "$OUT/bench.csv" | tee -a "$SUMMARY"
     end "done"
 else
