@@ -1,17 +1,20 @@
 """bf16 gradient precision of the adversarial recipe, on the CPU: for one toy batch and an
 adversarial run's checkpoint, each loss term's gradient w.r.t. the segmenter (and the
 discriminator loss's w.r.t. the discriminator) under fp32 and under bf16 autocast; prints the
-cosine and the relative L2 error of bf16 against fp32 (README "Mixed precision").
+cosine and the relative L2 error of bf16 against fp32 (README "bf16 on the CPU (toy)").
 
-    python scripts/bf16_gradients.py RUN/checkpoints/last.ckpt data.source.root=... data.target.root=...
+    python scripts/bf16_gradients.py RUN/checkpoints/last.ckpt \\
+        data.source.root=... data.target.root=...
 """
 import sys
+
 import torch
+
 from uda import build
-from uda.checkpoint_io import read_checkpoint, config_for
+from uda.checkpoint_io import config_for, read_checkpoint
+from uda.losses import segmentation_ce
 from uda.losses.gan import discriminator_loss, generator_loss
 from uda.modules.adversarial import SOURCE_LABEL
-from uda.losses import segmentation_ce
 
 ckpt_path = sys.argv[1]
 ckpt = read_checkpoint(ckpt_path)
@@ -38,7 +41,7 @@ def grads(loss_fn, ps, bf16):
         loss = loss_fn()
     g = torch.autograd.grad(loss.float(), ps, allow_unused=True)
     return torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float()
-                      for x, p in zip(g, ps)]), float(loss)
+                      for x, p in zip(g, ps)]), float(loss.detach())
 
 
 def ce():
