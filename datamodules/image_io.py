@@ -56,15 +56,20 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"{path}: cannot decode label ({e}); re-download or remove it") from None
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) read from the file header only."""
+def image_header(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
+    """(PIL mode, (height, width)) read from the file header only."""
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return im.mode, (im.height, im.width)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read header ({e})") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) read from the file header only."""
+    return image_header(path)[1]
 
 
 def write_png_atomic(img: Image.Image, path: str | os.PathLike) -> None:

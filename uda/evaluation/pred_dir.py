@@ -58,7 +58,7 @@ try:  # optional: fastest 2-D histogram of two uint8 maps
 except ImportError:  # pragma: no cover - opencv is a project dependency, torch is the fallback
     cv2 = None
 
-from datamodules.image_io import DatasetError
+from datamodules.image_io import DatasetError, image_header
 from datamodules.labels import (CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_RAW_IDS, CLASS_NAMES,
                                 IGNORE_INDEX, NUM_CLASSES, describe_ids, unknown_ids)
 from uda.metrics.results import results_dict
@@ -134,27 +134,17 @@ def match_predictions(pred_dir: str | os.PathLike, gt_files: dict[str, Path]) ->
     return {key: found[key][0] for key in gt_files}
 
 
-def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    try:
-        with Image.open(path) as im:
-            return im.mode, im.size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read PNG header ({e})") from None
-
-
 def check_pairs(pairs: list[tuple[Path, Path]]) -> None:
     """Header-only check of every (gt, pred) pair; one error listing all mis-sized/multi-channel files."""
     bad_size, bad_mode = [], []
     for gt, pred in pairs:
-        gt_mode, gt_size = _header(gt)
-        mode, size = _header(pred)
+        _, gt_size = image_header(gt)
+        mode, size = image_header(pred)
         if mode not in _LABEL_MODES:
             bad_mode.append(f"{pred}: mode {mode!r}")
         if size != gt_size:
-            bad_size.append(f"{pred}: {size[0]}x{size[1]} (W x H), GT {gt.name} is "
-                            f"{gt_size[0]}x{gt_size[1]}")
+            bad_size.append(f"{pred}: {size[1]}x{size[0]} (W x H), GT {gt.name} is "
+                            f"{gt_size[1]}x{gt_size[0]}")
     if bad_size or bad_mode:
         parts = ["predictions must be single-channel label maps (PNG mode L, P or I;16) of the same "
                  "size as their ground truth:"]
