@@ -211,3 +211,19 @@ def test_patch_discriminator_pickles_with_its_state():
     for (k, a), (k2, b) in zip(d.state_dict().items(), e.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     torch.testing.assert_close(e.eval()(x), d.eval()(x), rtol=0, atol=0)
+
+
+def test_generator_computes_in_float32_under_bf16_autocast():
+    """Mixed precision leaves the translator's image in float32: under bf16 autocast the
+    generator's output equals its float32 output (bf16 would round it to ~2^-8, the size of
+    the reconstruction residuals, and flip the L1 gradient's signs)."""
+    torch.manual_seed(0)
+    gen = Generator(16, 8, num_up=2)
+    feat, style = torch.randn(2, 16, 4, 4), torch.randn(2, 8)
+    ref = gen(feat, style)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gen(feat, style)
+        conv = gen.out(torch.randn(1, gen.out.in_channels, 4, 4))
+    assert conv.dtype == torch.bfloat16  # what autocast does to a plain conv
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
