@@ -196,13 +196,14 @@ def item_config(item: str, size: str, overrides: list[str]):
 
 def bench(method: str, size: str, iters: int, warmup: int, accelerator: str, precision: str,
           channels_last: bool, crop: tuple[int, int] | None = None,
-          batch: int | None = None) -> dict:
-    """One timed run of `method` (a method name or a config YAML path)."""
+          batch: int | None = None, overrides: tuple[str, ...] = ()) -> dict:
+    """One timed run of `method` (a method name or a config YAML path); `overrides`: config
+    key=value items applied last."""
     free_memory()
     cfg, name = item_config(method, size, [
         f"trainer.max_steps={iters}", f"trainer.precision={precision}",
         f"trainer.channels_last={str(channels_last).lower()}",
-        *([f"data.batch_size={batch}"] if batch else [])])
+        *([f"data.batch_size={batch}"] if batch else []), *overrides])
     src, tgt = (crop, crop) if crop else config_shapes(cfg)
     b = cfg.data.batch_size
     dm = random_datamodule(src, b, tgt, debias=build.build_debias(cfg))

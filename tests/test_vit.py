@@ -351,3 +351,26 @@ def _names(node) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
     return [node.module or ""] if not node.level else []
+
+
+def test_checkpointing_changes_memory_not_results():
+    """model.vit_checkpointing: the same logits and gradients (the backward recomputes each
+    block); refused for other networks."""
+    torch.manual_seed(0)
+    plain = ViTSegmenter(5, "s", depth=4, dim=96)
+    ckpt = ViTSegmenter(5, "s", depth=4, dim=96, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.backbone.grad_checkpointing and not plain.backbone.grad_checkpointing
+    x = torch.randn(2, 3, 28, 42)
+    grads = []
+    for net in (plain, ckpt):
+        net.train()
+        out = net(x)
+        out.square().mean().backward()
+        grads.append((out.detach(), net.backbone.blocks[0].attn.qkv.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    from uda.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="model.vit_checkpointing is for model.name=dinov2"):
+        load_config(None, ["data.source.root=/s", "data.target.root=/t",
+                           "model.vit_checkpointing=true"])

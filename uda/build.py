@@ -130,7 +130,8 @@ def _segmenter(m, n: int, norm) -> nn.Module:
     elif m.name == "dinov2":
         from uda.models.vit import ViTSegmenter  # imports timm (seconds): only for this model
         net = ViTSegmenter(num_classes=n, variant=m.vit_variant, pretrained=m.pretrained,
-                           depth=m.vit_depth, dim=m.vit_dim, layer_decay=m.vit_layer_decay)
+                           depth=m.vit_depth, dim=m.vit_dim, layer_decay=m.vit_layer_decay,
+                           checkpointing=m.vit_checkpointing)
     elif m.name == "mit":
         net = MiTSegmenter(num_classes=n, variant=m.variant, head=m.head, head_dim=m.head_dim,
                            pretrained=m.pretrained)

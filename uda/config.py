@@ -183,7 +183,9 @@ class ModelConfig:
     sizes replacing the variant's number of blocks (>= 4) / width (a multiple of 48); such a
     network takes no published weights. vit_layer_decay: per-block learning-rate decay of the
     backbone from its last block (VFM-UDA++: 0.9; 1.0 = the whole backbone at method.optim.lr);
-    the head trains at 10x.
+    the head trains at 10x. vit_checkpointing: activation checkpointing of the ViT's blocks
+    (timm's grad checkpointing: the backward recomputes each block; same results, much less
+    memory for 1024-pixel crops).
     mit (uda.models.mit): variant b0..b5 (MiT encoder), head daformer (DAFormer's context-aware
     fusion) | segformer (all-MLP), head_dim: the head's width (DAFormer 256; 64 for CPU toy runs);
     pretrained: official SegFormer mit_bX.pth, SMP, HuggingFace or DAFormer files."""
@@ -202,6 +204,7 @@ class ModelConfig:
     vit_depth: Optional[int] = None
     vit_dim: Optional[int] = None
     vit_layer_decay: float = 0.9
+    vit_checkpointing: bool = False
     variant: str = "b5"
     head: str = "daformer"
     head_dim: int = 256
@@ -506,6 +509,9 @@ def _validate_vit(m: DictConfig) -> None:
     if m.vit_dim is not None and (m.vit_dim <= 0 or m.vit_dim % 48):
         raise ConfigError(f"model.vit_dim must be a positive multiple of 48 or null (the "
                           f"variant's width), got {m.vit_dim}")
+    if m.vit_checkpointing and m.name != "dinov2":
+        raise ConfigError(f"model.vit_checkpointing is for model.name=dinov2 (the ViT's blocks), "
+                          f"got model.name={m.name}; remove it")
     if not 0 < m.vit_layer_decay <= 1:
         raise ConfigError(f"model.vit_layer_decay must be in (0, 1], got {m.vit_layer_decay}")
 

@@ -87,11 +87,13 @@ class ViTSegmenter(nn.Module):
         out_indices: four increasing block indices.
         depth, dim: replace the variant's number of blocks / embedding width (toy runs).
         layer_decay: per-block learning-rate decay of the backbone (module docstring).
+        checkpointing: activation checkpointing of the blocks (timm's grad checkpointing).
     """
 
     def __init__(self, num_classes: int = 19, variant: str = "s", head: str = "multilevel",
                  pretrained: str | Path | None = None, out_indices=None,
-                 depth: int | None = None, dim: int | None = None, layer_decay: float = 0.9):
+                 depth: int | None = None, dim: int | None = None, layer_decay: float = 0.9,
+                 checkpointing: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {', '.join(VARIANTS)}")
@@ -113,6 +115,7 @@ class ViTSegmenter(nn.Module):
         self.backbone = timm.create_model(v.timm_name, pretrained=False, num_classes=0,
                                           dynamic_img_size=True, depth=self.depth,
                                           embed_dim=self.embed_dim)
+        self.backbone.set_grad_checkpointing(checkpointing)  # backward recomputes each block
         self.head = PyramidHead(self.embed_dim, num_classes)
         self.load_report: LoadReport | None = None
         if pretrained is not None:
