@@ -4,8 +4,8 @@ optimizer steps, under fp32 and under bf16 autocast; prints the cosine and the r
 of bf16 against fp32 (README "bf16 on the CPU (toy)").
 - adversarial: source CE and lambda_adv x adversarial -> segmenter; discriminator loss ->
   discriminators;
-- dranet: each translator term (rec, adv, content, style, consistency, layout), unweighted and
-  weighted, -> encoder / separator / generator; discriminator loss -> discriminators; the task
+- dranet: each translator term (rec, adv, content, style, consistency, layout), times its
+  weight, -> encoder / separator / generator; discriminator loss -> discriminators; the task
   terms (translated and raw source CE) -> segmenter.
 
     python scripts/bf16_gradients.py RUN/checkpoints/last.ckpt \\
@@ -65,18 +65,18 @@ def dranet_terms(module, src, tgt) -> list:
     g_params = [p for p in module.translator.parameters() if p.requires_grad]
     seg_params = [p for p in module.segmenter.parameters() if p.requires_grad]
 
-    def term(key, weighted):
+    def term(key):
         def fn():
             real = module.real_targets(u_s, u_t)
             losses = module.translator_losses(u_s, u_t, module.translate(u_s, u_t), real,
                                               src["mask"])
-            return losses[key] * (module.w[key] if weighted else 1.0)
+            return losses[key] * module.w[key]
         return fn
 
     with torch.no_grad():
         keys = list(module.translator_losses(u_s, u_t, module.translate(u_s, u_t),
                                              module.real_targets(u_s, u_t), src["mask"]))
-    out = [(f"translator {k} (x w {module.w[k]:g}) -> E/S/G", term(k, True), g_params)
+    out = [(f"translator {k} (x w {module.w[k]:g}) -> E/S/G", term(k), g_params)
            for k in keys]
     out.append(("discriminator loss -> discriminators",
                 lambda: module.d_loss(u_s, u_t, module.translate(u_s, u_t)),
