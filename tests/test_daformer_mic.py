@@ -20,7 +20,7 @@ from uda.losses.masking import block_mask, mask_images
 from uda.losses.pseudo_weight import pseudo_weight_map
 from uda.methods import THING_CLASSES, OptimConfig
 from uda.models import SmallSegNet
-from uda.modules.base import poly_lambda
+from uda.modules.optim import poly_lambda
 from uda.modules.daformer import DAFormer
 from uda.modules.mic import MIC
 

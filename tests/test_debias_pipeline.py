@@ -204,6 +204,29 @@ def test_lff_preview_equals_update_then_weights_and_does_not_write():
     assert torch.allclose(w[0, 0, 0], nb / (nb + nd + 1e-8), atol=1e-6)
 
 
+def test_lff_preview_is_bit_identical_to_a_preview_on_a_copy():
+    """The preview writes the batch's entries in place and puts them back: the weights equal
+    those of the same update on a deep copy (the former implementation), bit for bit, also
+    when the batch lowers a column's maximum; every table (dirty flags too) is unchanged."""
+    import copy
+    stats = LfFWeights(20, C, ema=0.7)
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, C, (B, H, W), generator=g)
+    idx = torch.tensor([0, 5, 9, 13])
+    stats.update_segmentation(idx, 10 * torch.rand(B, H, W, generator=g),
+                              torch.rand(B, H, W, generator=g), y)  # large CE_b: the maxima
+    stats.all_reduce_()  # (no DDP) leaves dirty set
+    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in stats.state_dict().items()}
+    ce_b, ce_d = 0.01 * torch.rand(B, H, W, generator=g), torch.rand(B, H, W, generator=g)
+    reference = copy.deepcopy(stats)
+    reference.update_segmentation(idx, ce_b, ce_d, y)
+    assert not torch.equal(reference.class_max()[0], stats.class_max()[0])  # maxima lowered
+    got = stats.preview_pixel_weights(idx, ce_b, ce_d, y)
+    assert torch.equal(got, reference.pixel_weights(idx, y))
+    after = stats.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in ("ema_b", "ema_d", "updated", "dirty"))
+
+
 def test_source_loss_mixed_pairs_and_lff_weights(toy_root, tmp_path):
     module = SegmentationModule(torch.nn.Conv2d(3, C, 1), [str(i) for i in range(C)])
     g = torch.Generator().manual_seed(1)

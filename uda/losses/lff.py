@@ -17,7 +17,6 @@ losses are >= 0, so it is the maximum over the updated entries, as in LfF). Memo
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -73,15 +72,20 @@ class LfFWeights:
         return self
 
     # ------------------------------------------------------------------ core
-    def _update_entries(self, rows: torch.Tensor, cols: torch.Tensor, loss_b: torch.Tensor,
-                        loss_d: torch.Tensor) -> None:
-        rows, cols = rows.to(self.ema_b.device).long(), cols.to(self.ema_b.device).long()
+    def _new_values(self, rows: torch.Tensor, cols: torch.Tensor, loss_b: torch.Tensor,
+                    loss_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The EMAs entries (rows, cols) would hold after this update (tables unchanged)."""
         if torch.unique(rows * self.num_classes + cols).numel() != rows.numel():
             raise ValueError("an (index, class) pair appears twice in one update")
         keep = 1 - self.ema * self.updated[rows, cols].float()
-        for table, loss in ((self.ema_b, loss_b), (self.ema_d, loss_d)):
-            loss = loss.detach().to(table)
-            table[rows, cols] = self.ema * table[rows, cols] + keep * loss
+        return tuple(self.ema * table[rows, cols] + keep * loss.detach().to(table)
+                     for table, loss in ((self.ema_b, loss_b), (self.ema_d, loss_d)))
+
+    def _update_entries(self, rows: torch.Tensor, cols: torch.Tensor, loss_b: torch.Tensor,
+                        loss_d: torch.Tensor) -> None:
+        rows, cols = rows.to(self.ema_b.device).long(), cols.to(self.ema_b.device).long()
+        self.ema_b[rows, cols], self.ema_d[rows, cols] = self._new_values(rows, cols, loss_b,
+                                                                          loss_d)
         self.updated[rows, cols] = True
         self.dirty[rows, cols] = True
 
@@ -118,6 +122,11 @@ class LfFWeights:
         For each image i and each class c present in masks[i], the mean CE over the pixels of
         class c updates entry (indices[i], c).
         """
+        self._update_entries(*self._class_means(indices, ce_b_map, ce_d_map, masks,
+                                                ignore_index))
+
+    def _class_means(self, indices, ce_b_map, ce_d_map, masks, ignore_index=IGNORE_INDEX):
+        """(rows, cols, mean CE_b, mean CE_d): one entry per (image, class present)."""
         dev = self.ema_b.device
         masks, c = masks.to(dev), self.num_classes
         valid = masks != ignore_index
@@ -131,8 +140,7 @@ class LfFWeights:
             s = torch.zeros_like(count).index_add_(0, key, ce.detach().to(dev).float()[valid])
             means.append(s[seen] / count[seen])
         flat = seen.nonzero().squeeze(1)
-        rows = indices.to(dev).long()[flat // c]
-        self._update_entries(rows, flat % c, means[0], means[1])
+        return indices.to(dev).long()[flat // c], flat % c, means[0], means[1]
 
     def pixel_weights(self, indices: torch.Tensor, masks: torch.Tensor,
                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -150,10 +158,17 @@ class LfFWeights:
     def preview_pixel_weights(self, indices: torch.Tensor, ce_b_map: torch.Tensor,
                               ce_d_map: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """`pixel_weights` with this batch's losses folded into the EMAs first (as LfF does
-        before weighting), the stored statistics unchanged."""
-        preview = copy.deepcopy(self)
-        preview.update_segmentation(indices, ce_b_map, ce_d_map, masks)
-        return preview.pixel_weights(indices, masks)
+        before weighting), the stored statistics unchanged: the batch's entries are written,
+        the weights (and class maxima) read, and the old entries put back (no copy of the
+        N x C tables)."""
+        rows, cols, mean_b, mean_d = self._class_means(indices, ce_b_map, ce_d_map, masks)
+        saved = self.ema_b[rows, cols], self.ema_d[rows, cols]
+        self.ema_b[rows, cols], self.ema_d[rows, cols] = self._new_values(rows, cols, mean_b,
+                                                                          mean_d)
+        try:
+            return self.pixel_weights(indices, masks)
+        finally:
+            self.ema_b[rows, cols], self.ema_d[rows, cols] = saved
 
     # ------------------------------------------------------------------ checkpoints / DDP
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""Shared evaluation and optimisation plumbing for all training recipes.
+"""The module every training recipe subclasses: validation, image spaces, and the shared
+pieces it is composed of.
 
 Validation protocol: predict at the inference size of the batch images (whole image or sliding
 window, optional flip and multi-scale averaging: `eval_options`, the keyword arguments of
@@ -9,9 +10,11 @@ also written there: `labelIds/<name>_labelIds.png` (official-evaluator ready) an
 `color/<name>_color.png`. Subclasses implement `training_step`
 and `configure_optimizers`.
 
-Optimizer steps: `uda.modules.steps.GuardedSteps` (backward_step with the non-finite guard;
-task_step for the task network, which adds the debiasing terms). Debiasing:
-`uda.modules.debias.DebiasMixin` (recipes compute their source CE with `source_loss`).
+The pieces: `uda.modules.steps.GuardedSteps` (optimizer steps: backward_step with the
+non-finite guard; task_step for the task network, which adds the debiasing terms);
+`uda.modules.optim.TaskOptimizer` (the task optimizer and the poly schedule);
+`uda.modules.debias.DebiasMixin` (data.debias: recipes compute their source CE with
+`source_loss`); training panels are drawn by `uda.panels` from `panel_images`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from uda.evaluation.export import write_prediction
 from uda.evaluation.inference import predict_labels
@@ -32,20 +34,8 @@ from uda.metrics.results import results_dict
 from uda.metrics.stateful import ConfusionMatrixMetric
 from uda.models.modes import unintended_eval_modules
 from uda.modules.debias import DebiasMixin
+from uda.modules.optim import TaskOptimizer
 from uda.modules.steps import GuardedSteps
-
-
-def poly_lambda(max_steps: int, power: float, warmup_iters: int = 0,
-                warmup_ratio: float = 1e-6):
-    """LR factor (1 - it / max_steps) ** power, floored at 0 past max_steps; during a linear
-    warmup (it < warmup_iters) times 1 - (1 - it / warmup_iters) * (1 - warmup_ratio), mmcv's
-    `linear` warmup of the poly rate (DAFormer: 1500 iterations, ratio 1e-6)."""
-    def factor(it: int) -> float:
-        f = max(0.0, 1.0 - it / max_steps) ** power
-        if it < warmup_iters:
-            f *= 1.0 - (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
-        return f
-    return factor
 
 
 @dataclass
@@ -62,18 +52,6 @@ class RecipeParts:
     domain_means: Callable[[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, int]]
 
 
-def build_optimizer(params, o: OptimConfig):
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=(o.momentum, 0.99),
-                                weight_decay=o.weight_decay)
-    if o.name == "adamw":  # DAFormer's: betas (0.9, 0.999), decoupled weight decay 0.01
-        return torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999),
-                                 weight_decay=o.weight_decay)
-    raise ValueError(f"unknown optimizer '{o.name}' (method.optim.name: sgd | adam | adamw)")
-
-
 def forward_keeping_buffers(module: nn.Module, *args):
     """module(*args) in its current mode, on copies of its buffers: a training-mode forward
     whose BatchNorm running statistics and batch counters must not move (the module's own
@@ -83,7 +61,7 @@ def forward_keeping_buffers(module: nn.Module, *args):
     return torch.func.functional_call(module, buffers, args)
 
 
-class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
+class SegmentationModule(GuardedSteps, TaskOptimizer, DebiasMixin, pl.LightningModule):
     #: optimizer.step() calls per training iteration (Lightning's global_step counts those)
     optimizer_steps_per_iteration = 1
 
@@ -138,32 +116,6 @@ class SegmentationModule(GuardedSteps, DebiasMixin, pl.LightningModule):
         if self.channels_last:
             batch = _to_channels_last(batch)
         return batch
-
-    def poly(self, optimizer) -> LambdaLR:
-        """The poly schedule over `optim.poly_horizon` iterations, or `max_steps` when unset
-        (stepped once per iteration), after the linear warmup of `optim.warmup_iters` when set.
-        Every optimizer of a recipe decays on it (the official AdaptSegNet / ADVENT code decays
-        the discriminators' Adam the same way)."""
-        o = self.optim
-        return LambdaLR(optimizer, poly_lambda(o.poly_horizon or self.max_steps, o.poly_power,
-                                               o.warmup_iters, o.warmup_ratio))
-
-    def task_optimizer(self):
-        """(optimizer, scheduler) of the segmenter (its param groups: heads at 10x lr), of the
-        recipe's own modules (`recipe_param_groups`) and of the biased network, when there is
-        one."""
-        lr = self.optim.lr
-        groups = self.segmenter.param_groups(lr) + self.recipe_param_groups(lr)
-        if self.biased is not None:  # trained by its own (GCE) loss in the same step
-            groups += self.biased.param_groups(lr)
-        opt = build_optimizer(groups, self.optim)
-        self._task_opt = opt  # stepped only through task_step (uda.modules.steps)
-        return opt, self.poly(opt)
-
-    def recipe_param_groups(self, lr: float) -> list[dict]:
-        """Optimizer groups of the recipe's own trained modules outside the segmenter (none
-        here), stepped with the task network."""
-        return []
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
         """Dataset-normalised images -> RGB in [0, 1]."""
