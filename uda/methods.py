@@ -191,7 +191,17 @@ class HRDAConfig(DAFormerConfig):
 
 
 @dataclass
-class MICConfig(HRDAConfig):
+class MaskedConsistencyConfig:
+    """The masked-consistency keys of MIC and VFM-UDA++ (see MICConfig): mask_block_size
+    (pixels), mask_ratio, mic_lambda, mic_augment."""
+    mask_block_size: int = 64
+    mask_ratio: float = 0.7
+    mic_lambda: float = 1.0
+    mic_augment: bool = True
+
+
+@dataclass
+class MICConfig(HRDAConfig, MaskedConsistencyConfig):
     """MIC (Hoyer et al. CVPR 2023) on top of daformer or hrda (`host`; all daformer keys, and
     the hrda keys, read only when host is hrda): masked image consistency.
     Each target image, strong-augmented when mic_augment (MIC's `separatetrgaug`) and masked by
@@ -200,15 +210,10 @@ class MICConfig(HRDAConfig):
     with their confidence weights (and pseudo-label crop), at loss weight mic_lambda (on hrda:
     with the host's multi-resolution loss on a random detail window, as the official MIC)."""
     host: str = "daformer"
-    mask_block_size: int = 64
-    mask_ratio: float = 0.7
-    mic_lambda: float = 1.0
-    mic_augment: bool = True
-
 
 
 @dataclass
-class VFMConfig(SelfTrainingConfig):
+class VFMConfig(SelfTrainingConfig, MaskedConsistencyConfig):
     """VFM-UDA++ (Englert & Dubbelman, ICCVW 2025; tue-mps/vfm-uda-plusplus training/uda/uda.py)
     on a DINOv2 segmenter (model.name=dinov2): self_training (its keys; VFM-UDA++: ema 0.999,
     the batch-wide confident fraction, strong augmentation strength 0.2) plus
@@ -228,10 +233,7 @@ class VFMConfig(SelfTrainingConfig):
     jitter_strength: float = 0.2
     fd_source: float = 0.1
     fd_target: float = 0.1
-    mask_block_size: int = 56
-    mask_ratio: float = 0.7
-    mic_lambda: float = 1.0
-    mic_augment: bool = True
+    mask_block_size: int = 56  # a multiple of the 14-pixel patch
 
 
 def _check_daformer(cfg) -> Optional[str]:
