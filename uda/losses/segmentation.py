@@ -7,6 +7,18 @@ import torch
 import torch.nn.functional as F
 
 
+def pixel_ce(logits: torch.Tensor, target: torch.Tensor,
+             ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross-entropy in float32, (B,H,W); 0 where target == ignore_index."""
+    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+
+
+def valid_mean(pixel: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """sum(pixel over the valid pixels of target) / their number (0 when there are none)."""
+    valid = target != ignore_index
+    return pixel[valid].sum() / valid.sum().clamp(min=1)
+
+
 def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
                     pixel_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean cross-entropy over non-ignored pixels.
@@ -15,8 +27,7 @@ def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: in
     is sum(w * ce) / number of valid pixels (weights rescale, they do not renormalise). Returns 0
     (with a gradient path) when no pixel is valid.
     """
-    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
-    valid = target != ignore_index
+    ce = pixel_ce(logits, target, ignore_index)
     if pixel_weight is not None:
         ce = ce * pixel_weight
-    return ce[valid].sum() / valid.sum().clamp(min=1)
+    return valid_mean(ce, target, ignore_index)

@@ -17,11 +17,11 @@ recipe.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from uda.losses.lff import LfFWeights, gce_loss
 from uda.losses.mixed import mixed_loss
+from uda.losses.segmentation import pixel_ce, valid_mean
 from uda.models.modes import eval_mode
 
 
@@ -108,19 +108,18 @@ class DebiasMixin:
         images train on both label maps (lam, 1 - lam); with LfF each pixel is weighted by its
         (image, class) relative difficulty."""
         self._source_loss_used = True  # checked by task_step
-        ce = lambda lg, y: F.cross_entropy(lg.float(), y, ignore_index=255, reduction="none")  # noqa: E731
         mask = src["mask"]
         if "lam" in src:
-            pixel = mixed_loss(ce, logits, mask, src["mask_b"], src["lam"], reduction="none")
+            pixel = mixed_loss(pixel_ce, logits, mask, src["mask_b"], src["lam"],
+                               reduction="none")
         else:
-            pixel = ce(logits, mask)
+            pixel = pixel_ce(logits, mask)
         if lff and self.debias_settings.get("lff"):
-            ce_b = ce(self.biased_logits(src).detach(), mask)
+            ce_b = pixel_ce(self.biased_logits(src).detach(), mask)
             w = self.lff_stats.preview_pixel_weights(src["index"], ce_b, pixel.detach(), mask)
             self.lff_batch = (src["index"], ce_b, pixel.detach(), mask)  # for lff_update
             pixel = pixel * w
-        valid = mask != 255
-        return pixel[valid].sum() / valid.sum().clamp(min=1)
+        return valid_mean(pixel, mask)
 
     def lff_update(self) -> None:
         """After the task step: the batch's per-(image, class) losses into the LfF statistics
