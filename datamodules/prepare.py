@@ -26,7 +26,7 @@ from datamodules.image_io import DatasetError, write_png_atomic
 from datamodules.labels import NUM_CLASSES
 from datamodules.prepared import (AUTO_FOLDER, MARKER, append_jsonl, as_signature,
                                   ensure_folder, read_jsonl, signature, size_name, writable)
-from uda.atomic_write import write_json_atomic
+from datamodules.atomic_write import write_json_atomic
 
 Result = tuple  # (hist (20,), problems, warnings, record or None)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from datamodules.image_io import DatasetError, read_label
 from datamodules.labels import TRAIN_IDS, describe_ids, unknown_ids
-from uda.atomic_write import write_json_atomic
+from datamodules.atomic_write import write_json_atomic
 
 AUTO_FOLDER = ".uda_prepared"
 MARKER = "uda_prepared.json"

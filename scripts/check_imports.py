@@ -1,11 +1,14 @@
-"""Import cycles among the project's own modules (`uda`, `datamodules`).
+"""Import cycles and layer violations among the project's own modules (`uda`, `datamodules`).
 
 Reads every .py file under the packages with `ast` (nothing is imported or executed) and lists
 each import of a project module as an edge, module-level or function-level (an import inside a
 function hides a cycle from Python but not from the design). A cycle is a strongly connected
-component of that graph with more than one module, or a module importing itself.
+component of that graph with more than one module, or a module importing itself. A layer
+violation is an edge against the dependency directions of the architecture (`FORBIDDEN`: e.g.
+the data layer never imports `uda`; losses and metrics never import models or recipes).
 
-    python scripts/check_imports.py            # exit 0: no cycle; 1: prints each cycle's edges
+    python scripts/check_imports.py            # exit 0: none; 1: prints each cycle's edges and
+                                               # each violating edge
     python scripts/check_imports.py --edges    # also list every edge
 """
 from __future__ import annotations
@@ -18,6 +21,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("uda", "datamodules")
+
+#: (importer, imported) package prefixes that must not meet: files -> datamodules -> recipes
+#: (uda.modules) -> models + pure losses / metrics
+FORBIDDEN = (
+    ("datamodules", "uda"),  # the data layer owns no model and no model state
+    ("uda.models", "datamodules"), ("uda.models", "uda.modules"),
+    ("uda.losses", "datamodules"), ("uda.losses", "uda.models"), ("uda.losses", "uda.modules"),
+    ("uda.metrics", "datamodules"), ("uda.metrics", "uda.models"),
+    ("uda.metrics", "uda.modules"),
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,16 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     return sorted(found)
 
 
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer_violations(edges: list[Edge]) -> list[Edge]:
+    """The edges from a package to one it must not import (`FORBIDDEN`)."""
+    return [e for e in edges
+            if any(_under(e.source, a) and _under(e.target, b) for a, b in FORBIDDEN)]
+
+
 def _describe(e: Edge, modules: dict[str, Path], root: Path) -> str:
     return (f"  {e.source} -> {e.target}  ({modules[e.source].relative_to(root)}:{e.line}, "
             f"{e.level}-level)")
@@ -153,10 +176,16 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
         for e in edges:
             if e.source in members and e.target in members:
                 print(_describe(e, modules, root))
+    wrong = layer_violations(edges)
+    if wrong:
+        print("imports against the layers (scripts/check_imports.py FORBIDDEN):")
+        for e in wrong:
+            print(_describe(e, modules, root))
     levels = {lv: sum(e.level == lv for e in edges) for lv in ("module", "function")}
     print(f"{len(modules)} modules, {levels['module']} module-level and {levels['function']} "
-          f"function-level import edges, {len(found)} cycle(s)")
-    return 1 if found else 0
+          f"function-level import edges, {len(found)} cycle(s), {len(wrong)} layer "
+          "violation(s)")
+    return 1 if found or wrong else 0
 
 
 if __name__ == "__main__":

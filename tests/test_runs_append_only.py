@@ -17,7 +17,7 @@ import torch
 
 import uda.build
 from conftest import REPO, SHRINK, kill_at
-from uda.atomic_write import write_text_atomic
+from datamodules.atomic_write import write_text_atomic
 from uda.checkpointing import AtomicCheckpoint, recorded_best
 from uda.cli import main
 from uda.run_guard import previous_run_files

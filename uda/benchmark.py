@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from uda.atomic_write import write_json_atomic, write_text_atomic
+from datamodules.atomic_write import write_json_atomic, write_text_atomic
 from uda.config import ConfigError, load_config
 from uda.methods import NAMES
 

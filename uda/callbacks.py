@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from uda.atomic_write import write_text_atomic
+from datamodules.atomic_write import write_text_atomic
 from uda.models.sync_bn import broadcast_buffers_
 
 

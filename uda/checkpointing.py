@@ -27,7 +27,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from uda.atomic_write import remove_quietly, temp_path
+from datamodules.atomic_write import remove_quietly, temp_path
 from uda.checkpoint_io import recorded_info
 from uda.nonfinite import check_finite_state
 

@@ -111,7 +111,7 @@ def _cmd_make_toy(args) -> int:
 
 def _cmd_check(args) -> int:
     from datamodules.check import check_dataset, format_report
-    from uda.atomic_write import write_json_atomic
+    from datamodules.atomic_write import write_json_atomic
     _check_outputs(files=[("--output", args.output)])
     if not Path(args.root).is_dir():
         from uda.config import ConfigError
@@ -230,7 +230,7 @@ def _cmd_benchmark_toy(args) -> int:
 
 def _cmd_evaluate_dir(args) -> int:
     from uda.evaluation import evaluate_pred_dir
-    from uda.atomic_write import write_json_atomic
+    from datamodules.atomic_write import write_json_atomic
     from uda.metrics.results import format_table
     _check_outputs(files=[("--output", args.output)])
     results = evaluate_pred_dir(args.pred, args.gt_root, args.split, args.format,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from uda import console
-from uda.atomic_write import write_json_atomic
+from datamodules.atomic_write import write_json_atomic
 from uda.metrics.results import format_table
 
 

@@ -231,7 +231,7 @@ def translate_and_score(checkpoint, input_root, reference, output=None, num_styl
     """`uda translate --score`: write the translated set when `output` is given, then score;
     prints the table, writes the JSON to `score_output` when given, returns it."""
     from uda import translate as tr
-    from uda.atomic_write import write_json_atomic
+    from datamodules.atomic_write import write_json_atomic
     device = tr.default_device()
     ref = load_reference(reference, device)  # fail before any translation
     module, cfg = tr.load_translator(checkpoint, config_file, overrides, device)
