@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from uda.checkpoint_io import read_checkpoint
+
 
 def state_digest(ckpt: Path) -> tuple[str, int]:
     """(first 16 hex digits of the SHA-256 of the state_dict, number of tensors)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(ckpt)["state_dict"]
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
