@@ -74,7 +74,8 @@ class LfFWeights:
     # ------------------------------------------------------------------ core
     def _new_values(self, rows: torch.Tensor, cols: torch.Tensor, loss_b: torch.Tensor,
                     loss_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The EMAs entries (rows, cols) would hold after this update (tables unchanged)."""
+        """The values entries (rows, cols) of ema_b and ema_d would hold after this update (the
+        tables are not changed)."""
         if torch.unique(rows * self.num_classes + cols).numel() != rows.numel():
             raise ValueError("an (index, class) pair appears twice in one update")
         keep = 1 - self.ema * self.updated[rows, cols].float()
